@@ -5,7 +5,7 @@ import (
 )
 
 // Result is the DMARC result, spelled as in Authentication-Results
-// (RFC 8601 §2.7.x, RFC 9989 §... ).
+// (RFC 8601 §2.7.1 and the result names registry, RFC 9989 §9.2).
 type Result string
 
 const (
@@ -27,6 +27,14 @@ const (
 
 // Spec selects the specification whose semantics are applied.
 type Spec string
+
+// normal maps the zero value to the default, RFC 9989.
+func (s Spec) normal() Spec {
+	if s == SpecRFC7489 {
+		return s
+	}
+	return SpecRFC9989
+}
 
 const (
 	SpecRFC9989 Spec = "rfc9989" // default: DNS tree walk, np, psd, t
@@ -62,14 +70,14 @@ const (
 // Result uses the RFC 8601 words: pass, fail, softfail, neutral, none,
 // temperror, permerror, policy.
 type AuthResult struct {
-	Result string
-	Domain string // SPF: MAIL FROM (or HELO) domain; DKIM: d=
+	Result   string
+	Domain   string // SPF: MAIL FROM (or HELO) domain; DKIM: d=
 	Selector string // DKIM only
 }
 
 // Input is what the evaluation needs besides DNS.
 type Input struct {
-	FromDomain string // Author Domain, RFC 5322.From, any case, may be U-label
+	FromDomain string       // Author Domain, RFC 5322.From, any case, may be U-label
 	SPF        AuthResult   // RFC 9989 uses only the MAIL FROM identity
 	DKIM       []AuthResult // every signature
 }
@@ -103,10 +111,10 @@ type Evaluation struct {
 
 // Options configure an Evaluator.
 type Options struct {
-	Spec     Spec
-	PSL      PublicSuffixList // RFC 7489 mode; nil means the bundled list
-	Sampler  Sampler          // nil means crypto/rand
-	MaxWalk  int              // tree-walk bound, default 8 (RFC 9989 §4.10)
+	Spec    Spec
+	PSL     PublicSuffixList // RFC 7489 mode; nil means the bundled list
+	Sampler Sampler          // nil means crypto/rand
+	MaxWalk int              // tree-walk query budget, default and maximum 8 (RFC 9989 §4.10)
 }
 
 // PublicSuffixList answers "what is the public suffix of name".
