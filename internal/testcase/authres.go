@@ -25,10 +25,15 @@ func parseAR(value string) (string, []arResult, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	if len(toks) == 0 || toks[0].kind != tokWord {
+	// A value that starts with method=result has no authserv-id (some
+	// large providers write such fields); it cannot be anyone's.
+	if len(toks) == 0 || toks[0].kind != tokWord || len(toks) > 1 && toks[1].kind == tokEq {
 		return "", nil, errors.New("authentication-results: no authserv-id")
 	}
 	id := toks[0].text
+	if id == "" {
+		return "", nil, errors.New("authentication-results: empty authserv-id")
+	}
 	rest := toks[1:]
 	// RFC 8601 §2.2: an optional authres-version follows the authserv-id.
 	if len(rest) > 0 && rest[0].kind == tokWord && isDigits(rest[0].text) {
