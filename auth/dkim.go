@@ -1,0 +1,419 @@
+package auth
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+
+	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/domain"
+)
+
+// DKIM results, spelled as in RFC 8601 §2.7.1.
+const (
+	DKIMPass      = "pass"      // the signature verified
+	DKIMFail      = "fail"      // it did not verify (body or header hash)
+	DKIMNeutral   = "neutral"   // it could not be processed
+	DKIMPolicy    = "policy"    // it verified or might have, but local policy refuses it
+	DKIMTempError = "temperror" // the key could not be fetched for now
+	DKIMPermError = "permerror" // the signature or key is unusable (RFC 6376 §6.1.2, RFC 8301)
+)
+
+// Bounds on what one message may make the verifier do.
+const (
+	// DefaultMaxDKIMSignatures is how many signatures are verified when
+	// NewDKIMVerifier gets maxSigs <= 0 (RFC 6376 §6.1 lets verifiers
+	// limit the number of signatures they verify).
+	DefaultMaxDKIMSignatures = 5
+	// MaxDKIMHeaderBytes bounds the header block fed to the verifier. The
+	// library reads header lines without any limit of its own.
+	MaxDKIMHeaderBytes = 1 << 20
+	// maxSignatureBytes bounds one DKIM-Signature field.
+	maxSignatureBytes = 64 << 10
+)
+
+// ErrDKIMLimit explains the "policy" result of a signature that was not
+// verified because of one of the bounds above.
+var ErrDKIMLimit = errors.New("auth: DKIM verification limit reached")
+
+// DKIMResult is the outcome for one DKIM-Signature field.
+type DKIMResult struct {
+	Result    string // pass fail neutral policy temperror permerror
+	Domain    string // d= (normalised); "" if unusable
+	Selector  string // s=
+	Algorithm string // a=
+	Identity  string // i=
+	BPrefix   string // first 8 characters of b= (RFC 6008 header.b)
+	Reason    string // short, for the A-R reason and the log
+	Err       error
+}
+
+// LookupTXTFunc returns the TXT records at name, one string per record
+// with its character-strings joined. Errors follow LIBRARIES.md: NXDOMAIN
+// as *net.DNSError{IsNotFound: true}, temporary failures as
+// *net.DNSError{IsTemporary: true}. It must return once ctx is done.
+type LookupTXTFunc func(ctx context.Context, name string) ([]string, error)
+
+// DKIMVerifier verifies the DKIM signatures of one message while its body
+// streams in, through an io.Pipe into go-msgauth's verifier; the body is
+// never held in memory. Call AddHeader for each field in order, EndHeaders,
+// Write for each body chunk, then Finish; Abort releases everything at any
+// point. Abort may be called from another goroutine; the other methods are
+// for the one goroutine that feeds the message.
+type DKIMVerifier struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	lookup  LookupTXTFunc
+	maxSigs int
+
+	header    bytes.Buffer
+	tooLarge  bool
+	sigs      []sigTags
+	headersOK bool // EndHeaders ran
+
+	mu       sync.Mutex
+	pw       *io.PipeWriter
+	closed   bool          // Finish or Abort ran
+	verified chan struct{} // closed when the library has returned
+	done     chan struct{} // closed when the goroutine has ended
+	verifs   []*dkim.Verification
+	verr     error
+	results  []DKIMResult
+}
+
+// sigTags is our own reading of one DKIM-Signature field (RFC 6376 §3.5):
+// the library's Verification lacks s=, a= and b=.
+type sigTags struct {
+	res     DKIMResult
+	hasL    bool
+	invalid error
+}
+
+// NewDKIMVerifier returns a verifier for one message. ctx bounds key
+// lookups and Finish; maxSigs <= 0 means DefaultMaxDKIMSignatures.
+func NewDKIMVerifier(ctx context.Context, lookup LookupTXTFunc, maxSigs int) *DKIMVerifier {
+	if maxSigs <= 0 {
+		maxSigs = DefaultMaxDKIMSignatures
+	}
+	c, cancel := context.WithCancel(ctx)
+	return &DKIMVerifier{ctx: c, cancel: cancel, lookup: lookup, maxSigs: maxSigs}
+}
+
+// Signatures returns the number of DKIM-Signature fields seen so far.
+func (v *DKIMVerifier) Signatures() int { return len(v.sigs) }
+
+// AddHeader records one header field, in message order, as go-milter
+// delivers it with OptHeaderLeadingSpace: the value keeps the space after
+// the colon and folded lines end in LF only. The verifier gets
+// "name:value" with CRLF line ends, which simple canonicalisation needs
+// byte for byte (RFC 6376 §3.4.1).
+func (v *DKIMVerifier) AddHeader(name, value string) {
+	if v.headersOK || v.tooLarge {
+		return
+	}
+	if !validFieldName(name) {
+		// Not a field RFC 5322 §3.6.8 allows; it could otherwise shift the
+		// library's own count of DKIM-Signature fields against ours.
+		return
+	}
+	field := name + ":" + crlfValue(value) + "\r\n"
+	if v.header.Len()+len(field) > MaxDKIMHeaderBytes {
+		v.tooLarge = true
+		return
+	}
+	v.header.WriteString(field)
+	if strings.EqualFold(name, "DKIM-Signature") {
+		v.sigs = append(v.sigs, parseSigTags(value))
+	}
+}
+
+// validFieldName reports RFC 5322 §3.6.8 field-name: printable ASCII
+// except ":".
+func validFieldName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f || s[i] == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// crlfValue turns LF line ends into CRLF. A line break not followed by
+// WSP would start a new field (or, empty, end the header) inside the
+// verifier's stream, so one space is inserted: such a value is malformed
+// anyway and can only fail to verify.
+func crlfValue(s string) string {
+	if !strings.ContainsAny(s, "\r\n") {
+		return s
+	}
+	s = strings.ReplaceAll(s, "\r\n", "\n")
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\n' {
+			b.WriteByte(s[i])
+			continue
+		}
+		b.WriteString("\r\n")
+		if i+1 >= len(s) || (s[i+1] != ' ' && s[i+1] != '\t') {
+			b.WriteByte(' ')
+		}
+	}
+	return b.String()
+}
+
+// parseSigTags reads the tag-list of a DKIM-Signature (RFC 6376 §3.2):
+// tags separated by ";", FWS around names and values, no duplicates.
+func parseSigTags(value string) sigTags {
+	var st sigTags
+	if len(value) > maxSignatureBytes {
+		st.invalid = errors.New("signature field too large")
+		return st
+	}
+	tags := make(map[string]string)
+	for _, spec := range strings.Split(value, ";") {
+		if strings.TrimSpace(spec) == "" {
+			continue
+		}
+		k, val, ok := strings.Cut(spec, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			st.invalid = errors.New("malformed tag-list")
+			continue
+		}
+		if _, dup := tags[k]; dup {
+			st.invalid = fmt.Errorf("duplicate tag %q", k) // RFC 6376 §3.2
+			continue
+		}
+		tags[k] = strings.TrimSpace(val)
+	}
+	st.res.Selector = stripFWS(tags["s"])
+	st.res.Algorithm = stripFWS(tags["a"])
+	st.res.Identity = stripFWS(tags["i"])
+	b := stripFWS(tags["b"])
+	if len(b) > 8 {
+		b = b[:8] // RFC 6008 §4: enough of b= to tell signatures apart
+	}
+	st.res.BPrefix = b
+	if d, err := domain.Normalize(stripFWS(tags["d"])); err == nil {
+		st.res.Domain = d
+	}
+	_, st.hasL = tags["l"]
+	if st.invalid == nil {
+		for _, req := range []string{"v", "a", "b", "bh", "d", "h", "s"} {
+			if _, ok := tags[req]; !ok {
+				st.invalid = fmt.Errorf("missing required tag %s=", req) // RFC 6376 §3.5
+				break
+			}
+		}
+	}
+	if st.invalid == nil && st.res.Domain == "" {
+		st.invalid = errors.New("unusable d= domain")
+	}
+	return st
+}
+
+func stripFWS(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\r' || r == '\n' {
+			return -1
+		}
+		return r
+	}, s)
+}
+
+// EndHeaders marks the end of the header. Only when a DKIM-Signature was
+// seen does it start the verifier goroutine; the header block goes to it
+// without passing through the pipe, so EndHeaders never blocks.
+func (v *DKIMVerifier) EndHeaders() {
+	if v.headersOK {
+		return
+	}
+	v.headersOK = true
+	if len(v.sigs) == 0 || v.tooLarge {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return
+	}
+	pr, pw := io.Pipe()
+	v.pw = pw
+	v.verified = make(chan struct{})
+	v.done = make(chan struct{})
+	v.header.WriteString("\r\n")
+	in := io.MultiReader(bytes.NewReader(v.header.Bytes()), pr)
+	opts := &dkim.VerifyOptions{LookupTXT: v.lookupTXT, MaxVerifications: v.maxSigs}
+	go v.run(in, pr, opts)
+}
+
+func (v *DKIMVerifier) run(in io.Reader, pr *io.PipeReader, opts *dkim.VerifyOptions) {
+	defer close(v.done)
+	verifs, err := dkim.VerifyWithOptions(in, opts)
+	v.verifs, v.verr = verifs, err
+	close(v.verified)
+	// The library may stop reading early (no key, DNS error); drain so
+	// that the writer never blocks (LIBRARIES.md, go-msgauth dkim).
+	_, _ = io.Copy(io.Discard, pr)
+}
+
+// lookupTXT binds the message context into the library's context-free
+// lookup and gives it errors it can classify (*net.DNSError, unwrapped).
+func (v *DKIMVerifier) lookupTXT(name string) ([]string, error) {
+	if err := v.ctx.Err(); err != nil {
+		return nil, &net.DNSError{Err: err.Error(), Name: name, IsTimeout: true, IsTemporary: true}
+	}
+	txt, err := v.lookup(v.ctx, name)
+	return txt, dnsError(v.ctx, name, err)
+}
+
+// Write feeds one body chunk (CRLF line ends, as the MTA sends them). It
+// blocks at most while the verifier waits for a key, which ctx bounds;
+// once the verifier is done, or without signatures, it discards.
+func (v *DKIMVerifier) Write(chunk []byte) (int, error) {
+	if !v.headersOK {
+		v.EndHeaders()
+	}
+	v.mu.Lock()
+	pw, closed, verified := v.pw, v.closed, v.verified
+	v.mu.Unlock()
+	if pw == nil || closed {
+		return len(chunk), nil
+	}
+	select {
+	case <-verified:
+		return len(chunk), nil
+	default:
+	}
+	// An error means Abort closed the pipe meanwhile: nothing to feed.
+	_, _ = pw.Write(chunk)
+	return len(chunk), nil
+}
+
+// Finish ends the body, waits for the verifier (bounded by ctx) and
+// returns one result per DKIM-Signature field in header order, top to
+// bottom. Further calls return the same results.
+func (v *DKIMVerifier) Finish() []DKIMResult {
+	if !v.headersOK {
+		v.EndHeaders()
+	}
+	v.mu.Lock()
+	if v.results != nil || (len(v.sigs) == 0 && !v.tooLarge) {
+		res := append([]DKIMResult(nil), v.results...)
+		v.mu.Unlock()
+		return res
+	}
+	aborted := v.closed
+	v.closed = true
+	pw := v.pw
+	v.mu.Unlock()
+
+	var waitErr error
+	switch {
+	case v.tooLarge:
+		waitErr = fmt.Errorf("%w: header larger than %d bytes", ErrDKIMLimit, MaxDKIMHeaderBytes)
+	case pw == nil || aborted:
+		waitErr = errors.New("verification aborted")
+	default:
+		_ = pw.Close()
+		select {
+		case <-v.done:
+		case <-v.ctx.Done():
+			// The pipe is already closed; cancelling the context (below)
+			// releases a key lookup still in flight.
+			waitErr = fmt.Errorf("verification unfinished: %w", v.ctx.Err())
+		}
+	}
+	results := v.mapResults(waitErr)
+	v.cancel()
+	v.mu.Lock()
+	v.results = results
+	v.mu.Unlock()
+	return append([]DKIMResult(nil), results...)
+}
+
+// mapResults turns the library's verifications into our results, matched
+// by index (the library reports signatures top to bottom).
+func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
+	out := make([]DKIMResult, len(v.sigs))
+	var verifs []*dkim.Verification
+	verr := waitErr
+	if waitErr == nil {
+		verifs = v.verifs
+		if v.verr != nil && !errors.Is(v.verr, dkim.ErrTooManySignatures) {
+			// Any other error is not about a signature: the stream broke.
+			// The library also clears that verification's Err, which would
+			// otherwise read as a pass.
+			verr, verifs = v.verr, nil
+		}
+	}
+	for i, st := range v.sigs {
+		r := st.res
+		switch {
+		case st.invalid != nil:
+			r.Result, r.Err = DKIMPermError, st.invalid // RFC 6376 §6.1.1
+		case v.tooLarge:
+			r.Result, r.Err = DKIMPolicy, verr
+		case i >= v.maxSigs:
+			// RFC 8601 §2.7.1 "policy": signed, but local policy (our bound
+			// on work per message, RFC 6376 §6.1) declined to verify it.
+			r.Result, r.Err = DKIMPolicy, fmt.Errorf("%w: more than %d signatures", ErrDKIMLimit, v.maxSigs)
+		case verifs == nil || i >= len(verifs) || verifs[i] == nil:
+			if verr == nil {
+				verr = errors.New("no verification result")
+			}
+			r.Result, r.Err = DKIMTempError, verr
+		default:
+			r.Err = verifs[i].Err
+			switch e := verifs[i].Err; {
+			case e == nil:
+				r.Result = DKIMPass
+			case dkim.IsPermFail(e):
+				r.Result = DKIMPermError // includes rsa-sha1 and short keys (RFC 8301 §3.1, §3.2)
+			case dkim.IsTempFail(e):
+				r.Result = DKIMTempError
+			case st.hasL:
+				// The library refuses every l= (only part of the body
+				// would be signed, RFC 6376 §8.2): a local policy, not a
+				// broken signature.
+				r.Result = DKIMPolicy
+			default:
+				r.Result = DKIMFail
+			}
+		}
+		if r.Err != nil {
+			r.Reason = strings.TrimPrefix(r.Err.Error(), "dkim: ")
+			if len(r.Reason) > 120 {
+				r.Reason = r.Reason[:120]
+			}
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// Abort releases the verifier goroutine and its pipe. It is safe at any
+// time, more than once, and after Finish.
+func (v *DKIMVerifier) Abort() {
+	v.cancel()
+	v.mu.Lock()
+	v.closed = true
+	pw := v.pw
+	v.mu.Unlock()
+	if pw != nil {
+		// A plain EOF, never CloseWithError: on a read error the library's
+		// parallelVerify returns without closing its per-signature pipes,
+		// leaking one goroutine per signature. A truncated body only makes
+		// the verifications fail, and Finish ignores them after Abort.
+		_ = pw.Close()
+	}
+}
