@@ -1,0 +1,344 @@
+// Command dmarc-milter is a milter for Postfix and Sendmail that checks SPF
+// and DKIM, evaluates the DMARC policy of the From domain and applies it.
+//
+//	dmarc-milter [serve] [flags]   run the daemon (the default)
+//	dmarc-milter version           print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/auth/dnsres"
+	"github.com/dmarc-milter/dmarc-milter/milter"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(args, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "dmarc-milter", versionString())
+		return 0
+	case "help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "dmarc-milter: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  dmarc-milter [serve] [flags]   run the milter (flags: dmarc-milter serve -h)
+  dmarc-milter version           print the version
+`)
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+// flagSet declares one flag per config key; only flags given on the
+// command line override the file.
+func flagSet(stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("dmarc-milter serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	config := fs.String("config", "", "TOML configuration `file` (optional; flags override it)")
+	fs.String("listen", "inet:127.0.0.1:8893", "milter socket: inet:HOST:PORT, inet:PORT@HOST, unix:/path or local:/path")
+	fs.String("dns", "", "comma-separated HOST:PORT resolvers (default: /etc/resolv.conf)")
+	fs.String("authserv-id", "", "authserv-id in Authentication-Results (default: the host name)")
+	fs.String("mode", "enforce", "enforce, or monitor (evaluate and write the header, never reject or quarantine)")
+	fs.String("quarantine", "tag", "tag (deliver with -quarantine-header) or hold (milter quarantine: Postfix hold queue)")
+	fs.String("quarantine-header", "X-DMARC-Quarantine: yes", "header added to quarantined mail in tag mode")
+	fs.String("on-temperror", "tempfail", "DMARC temperror (DNS failure): tempfail (451 4.7.5) or accept")
+	fs.String("on-error", "accept", "internal error in the milter: accept or tempfail (never reject)")
+	fs.String("on-malformed-from", "reject", "no usable From domain: reject (550 5.7.1) or accept (dmarc=permerror)")
+	fs.Bool("reject-multi-domain-from", false, "reject a From naming several domains instead of evaluating each")
+	fs.String("spec", "rfc9989", "rfc9989 (DNS tree walk, np, psd, t) or rfc7489 (public suffix list)")
+	fs.String("psl", "", "public suffix list `file` for -spec rfc7489 (default: bundled)")
+	fs.String("trusted-networks", "127.0.0.0/8,::1", "comma-separated networks not evaluated (\"\" for none)")
+	fs.Bool("skip-authenticated", true, "do not evaluate SASL-authenticated clients ({auth_authen})")
+	fs.Duration("message-timeout", 20*time.Second, "DNS budget per message (SPF, DKIM keys, DMARC)")
+	fs.Duration("dns-timeout", 2*time.Second, "timeout of one DNS query attempt")
+	fs.Duration("idle-timeout", 10*time.Minute, "close an MTA connection silent for this long")
+	fs.Int("max-dkim-signatures", 5, "DKIM signatures verified per message")
+	fs.String("log-format", "text", "text or json (on stderr)")
+	fs.String("log-level", "info", "debug, info, warn or error")
+	fs.String("socket-mode", "0660", "file mode of a unix socket")
+	return fs, config
+}
+
+// loadSettings merges defaults, the file and the flags given.
+func loadSettings(args []string, stderr io.Writer) (Settings, string, error) {
+	fs, config := flagSet(stderr)
+	if err := fs.Parse(args); err != nil {
+		return Settings{}, "", err
+	}
+	if fs.NArg() > 0 {
+		return Settings{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	st := defaultSettings()
+	if *config != "" {
+		fc, err := loadFile(*config)
+		if err != nil {
+			return Settings{}, "", err
+		}
+		if err := fc.apply(&st); err != nil {
+			return Settings{}, "", fmt.Errorf("%s: %w", *config, err)
+		}
+	}
+	var fc fileConfig
+	var ferr error
+	fs.Visit(func(f *flag.Flag) {
+		v := f.Value.String()
+		str := func() *string { return &v }
+		list := func() *[]string { l := []string{v}; return &l }
+		b := func() *bool { x := v == "true"; return &x }
+		dur := func() *duration {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				ferr = err
+			}
+			return &duration{d}
+		}
+		switch f.Name {
+		case "listen":
+			fc.Listen = str()
+		case "dns":
+			fc.DNS = list()
+		case "authserv-id":
+			fc.AuthServID = str()
+		case "mode":
+			fc.Mode = str()
+		case "quarantine":
+			fc.Quarantine = str()
+		case "quarantine-header":
+			fc.QuarantineHeader = str()
+		case "on-temperror":
+			fc.OnTempError = str()
+		case "on-error":
+			fc.OnError = str()
+		case "on-malformed-from":
+			fc.OnMalformedFrom = str()
+		case "reject-multi-domain-from":
+			fc.RejectMultiDomain = b()
+		case "spec":
+			fc.Spec = str()
+		case "psl":
+			fc.PSL = str()
+		case "trusted-networks":
+			fc.TrustedNetworks = list()
+		case "skip-authenticated":
+			fc.SkipAuthenticated = b()
+		case "message-timeout":
+			fc.MessageTimeout = dur()
+		case "dns-timeout":
+			fc.DNSTimeout = dur()
+		case "idle-timeout":
+			fc.IdleTimeout = dur()
+		case "max-dkim-signatures":
+			n := 0
+			_, ferr = fmt.Sscan(v, &n)
+			fc.MaxDKIMSignatures = &n
+		case "log-format":
+			fc.LogFormat = str()
+		case "log-level":
+			fc.LogLevel = str()
+		case "socket-mode":
+			fc.SocketMode = str()
+		}
+	})
+	if ferr != nil {
+		return Settings{}, "", ferr
+	}
+	if err := fc.apply(&st); err != nil {
+		return Settings{}, "", err
+	}
+	if err := st.validate(); err != nil {
+		return Settings{}, "", err
+	}
+	return st, *config, nil
+}
+
+func newLogger(st Settings, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(st.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if st.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// deps builds the parts shared by all sessions from the settings.
+func buildDeps(st Settings, logger *slog.Logger) (milter.Deps, error) {
+	servers := st.DNS
+	if len(servers) == 0 {
+		var err error
+		servers, err = dnsres.ServersFromResolvConf("/etc/resolv.conf")
+		if err != nil {
+			return milter.Deps{}, fmt.Errorf("dns: no -dns given and /etc/resolv.conf unusable: %w", err)
+		}
+	}
+	res, err := dnsres.New(dnsres.Config{Servers: servers, Timeout: st.DNSTimeout})
+	if err != nil {
+		return milter.Deps{}, fmt.Errorf("dns: %w", err)
+	}
+	opts := policy.Options{Spec: st.Spec}
+	if st.PSL != "" {
+		psl, err := policy.LoadPSL(st.PSL)
+		if err != nil {
+			return milter.Deps{}, fmt.Errorf("psl: %w", err)
+		}
+		opts.PSL = psl
+	}
+	return milter.Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, opts), Logger: logger}, nil
+}
+
+func listen(st Settings) (net.Listener, error) {
+	network, addr, err := parseListen(st.Listen)
+	if err != nil {
+		return nil, err
+	}
+	if network == "unix" {
+		// A socket left by a crashed run would make Listen fail; remove
+		// it only if it is a socket and nobody answers on it.
+		if fi, err := os.Lstat(addr); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if c, err := net.DialTimeout("unix", addr, time.Second); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("listen: %s is in use by another process", addr)
+			}
+			os.Remove(addr)
+		}
+		ln, err := net.Listen("unix", addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(addr, st.SocketMode); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return ln, nil
+	}
+	return net.Listen(network, addr)
+}
+
+func serve(args []string, stderr io.Writer) int {
+	st, configPath, err := loadSettings(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 2
+	}
+	logger := newLogger(st, stderr)
+	slog.SetDefault(logger)
+	// go-milter logs through the standard log package (LIBRARIES.md).
+	log.SetFlags(0)
+
+	deps, err := buildDeps(st, logger)
+	if err != nil {
+		logger.Error("cannot start", "err", err)
+		return 1
+	}
+	srv, err := milter.NewServer(st.Milter, deps)
+	if err != nil {
+		logger.Error("cannot start", "err", err)
+		return 2
+	}
+	ln, err := listen(st)
+	if err != nil {
+		logger.Error("cannot listen", "listen", st.Listen, "err", err)
+		return 1
+	}
+	logger.Info("dmarc-milter started", "version", versionString(), "listen", ln.Addr().String(),
+		"authserv_id", st.Milter.AuthServID, "mode", st.Milter.Mode, "spec", string(st.Spec),
+		"quarantine", st.Milter.Quarantine, "on_temperror", st.Milter.OnTempError)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	for {
+		select {
+		case err := <-serveErr:
+			if err != nil {
+				logger.Error("milter server stopped", "err", err)
+				return 1
+			}
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				reload(srv, args, configPath, st, stderr, logger)
+				continue
+			}
+			logger.Info("stopping: finishing sessions in flight", "signal", sig.String(), "sessions", srv.ActiveSessions())
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			err := srv.Shutdown(ctx)
+			cancel()
+			if network, addr, _ := parseListen(st.Listen); network == "unix" {
+				os.Remove(addr)
+			}
+			if err != nil {
+				logger.Warn("stopped with sessions cut short", "err", err)
+				return 1
+			}
+			logger.Info("stopped")
+			return 0
+		}
+	}
+}
+
+// reload re-reads the file and flags; a bad file keeps the running
+// configuration. Settings that need a new socket or resolver are reported,
+// not applied.
+func reload(srv *milter.Server, args []string, configPath string, cur Settings, stderr io.Writer, logger *slog.Logger) {
+	st, _, err := loadSettings(args, io.Discard)
+	if err != nil {
+		logger.Error("reload failed; keeping the running configuration", "config", configPath, "err", err)
+		return
+	}
+	if st.Listen != cur.Listen || strings.Join(st.DNS, ",") != strings.Join(cur.DNS, ",") || st.Spec != cur.Spec || st.PSL != cur.PSL {
+		logger.Warn("reload: listen, dns, spec and psl changes need a restart; other settings applied")
+	}
+	if err := srv.SetConfig(st.Milter); err != nil {
+		logger.Error("reload failed; keeping the running configuration", "err", err)
+		return
+	}
+	logger.Info("configuration reloaded", "config", configPath)
+}
