@@ -1,8 +1,6 @@
 package milter
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,61 +8,30 @@ import (
 	"net/textproto"
 	"runtime/debug"
 	"strings"
-	"time"
 
 	gomilter "github.com/emersion/go-milter"
-
-	"github.com/dmarc-milter/dmarc-milter/auth"
-	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
-// session is one SMTP connection as the MTA reports it. go-milter creates
-// it through Server.NewMilter and would create a fresh one after any final
-// response, losing the client IP and HELO (LIBRARIES.md, go-milter): so
-// nothing after connect ever answers with a final SimpleResponse.
+// session is one SMTP connection as the MTA reports it, adapting go-milter
+// callbacks to a Transaction per message. go-milter creates it through
+// Server.NewMilter and would create a fresh one after any final response,
+// losing the client IP and HELO (LIBRARIES.md, go-milter): so nothing
+// after connect ever answers with a final SimpleResponse.
 type session struct {
 	srv *Server
 	cfg *Config // snapshot taken at connect: a reload never changes a session mid-way
 	log *slog.Logger
 
-	// connection state, kept across messages
-	clientHost string
-	clientIP   net.IP
-	helo       string
-	connMacros map[string]string // j, {daemon_name}, ... (gone from Modifier.Macros by MAIL)
+	conn ConnInfo
+	// connMacros keeps connect-stage macros (j, {daemon_name}), which
+	// go-milter forgets at the next macro packet (LIBRARIES.md).
+	connMacros map[string]string
 
-	msg *message
-}
-
-// message is the per-transaction state, reset at MAIL FROM and at ABORT.
-type message struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	start  time.Time
-
-	mailFrom string
-	rcpts    []string
-	queueID  string
-	skip     string // why this message is not evaluated ("" = evaluate)
-
-	spf chan auth.SPFResult
-
-	headerBytes int
-	headerOver  bool
-	fromValues  []string
-	arIndexes   []int // 1-based per-name indexes of A-R fields carrying our authserv-id
-	arCount     int
-
-	dkim *auth.DKIMVerifier
-
-	author    auth.AuthorInfo
-	authorErr error
-	disc      map[string]chan *policy.Discovery
+	tx *Transaction
 }
 
 func (s *Server) newSession(c *trackedConn) gomilter.Milter {
-	cfg := s.currentConfig()
-	sess := &session{srv: s, cfg: cfg, log: s.log}
+	sess := &session{srv: s, cfg: s.currentConfig(), log: s.log}
 	if c != nil {
 		c.setOnClose(sess.closed)
 	}
@@ -76,7 +43,14 @@ func (s *Server) newSession(c *trackedConn) gomilter.Milter {
 // closes only the raw conn, which ends that goroutine's read), so this
 // never runs concurrently with a callback.
 func (s *session) closed() {
-	s.resetMessage()
+	s.reset()
+}
+
+func (s *session) reset() {
+	if s.tx != nil {
+		s.tx.Abort()
+		s.tx = nil
+	}
 }
 
 // guard turns a panic in one callback into the configured fail-safe answer
@@ -88,7 +62,7 @@ func (s *session) guard(stage string, resp *gomilter.Response, err *error) {
 	}
 	s.srv.metrics.panic()
 	s.log.Error("panic in milter callback", "stage", stage, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-	s.resetMessage()
+	s.reset()
 	*err = nil
 	*resp = s.failSafe()
 }
@@ -100,18 +74,13 @@ func (s *session) failSafe() gomilter.Response {
 	return gomilter.RespContinue
 }
 
-func (s *session) copyMacros(m *gomilter.Modifier, into map[string]string) {
-	for k, v := range m.Macros {
-		into[k] = v
-	}
-}
-
 func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("connect", &resp, &err)
-	s.clientHost = host
-	s.clientIP = addr
-	s.connMacros = make(map[string]string)
-	s.copyMacros(m, s.connMacros)
+	s.conn = ConnInfo{Host: host, IP: addr}
+	s.connMacros = make(map[string]string, len(m.Macros))
+	for k, v := range m.Macros {
+		s.connMacros[k] = v
+	}
 	if addr == nil {
 		// Local submission (Postfix non_smtpd_milters, Sendmail -bs):
 		// there is no client address to check SPF against.
@@ -134,7 +103,7 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 
 func (s *session) Helo(name string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("helo", &resp, &err)
-	s.helo = strings.TrimSpace(name)
+	s.conn.Helo = strings.TrimSpace(name)
 	return gomilter.RespContinue, nil
 }
 
@@ -142,37 +111,17 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 	defer s.guard("mail", &resp, &err)
 	// Postfix sends ABORT between messages, other MTAs may not
 	// (LIBRARIES.md): reset here too.
-	s.resetMessage()
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.MessageTimeout)
-	msg := &message{ctx: ctx, cancel: cancel, start: time.Now(), mailFrom: from, disc: map[string]chan *policy.Discovery{}}
-	s.msg = msg
-	msg.queueID = m.Macros["i"]
-	if s.cfg.SkipAuthenticated && m.Macros["{auth_authen}"] != "" {
-		msg.skip = "authenticated"
-		return gomilter.RespContinue, nil
-	}
-	// RFC 9989 §4.4 uses only the RFC 5321.MailFrom identity, and for a
-	// null reverse path postmaster@<HELO> (RFC 7208 §2.4). Started now so
-	// its DNS time overlaps with the transfer of the message.
-	msg.spf = make(chan auth.SPFResult, 1)
-	ip, helo := s.clientIP, s.helo
-	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				s.log.Error("panic in SPF check", "panic", fmt.Sprint(v))
-				msg.spf <- auth.SPFResult{Result: "temperror", Err: fmt.Errorf("internal error: %v", v)}
-			}
-		}()
-		msg.spf <- auth.CheckSPF(ctx, s.srv.deps.Resolver, ip, helo, from)
-	}()
-	msg.dkim = auth.NewDKIMVerifier(ctx, s.srv.deps.Resolver.LookupTXT, s.cfg.MaxDKIMSignatures)
+	s.reset()
+	// {auth_authen} arrives with MAIL and is gone by end of message.
+	s.tx = s.srv.Begin(s.cfg, s.conn, from, m.Macros["{auth_authen}"])
+	s.tx.QueueID = m.Macros["i"]
 	return gomilter.RespContinue, nil
 }
 
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("rcpt", &resp, &err)
-	if s.msg != nil && len(s.msg.rcpts) < 1000 {
-		s.msg.rcpts = append(s.msg.rcpts, rcpt)
+	if s.tx != nil {
+		s.tx.AddRcpt(rcpt)
 	}
 	return gomilter.RespContinue, nil
 }
@@ -183,114 +132,85 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 		if v := recover(); v != nil {
 			s.srv.metrics.panic()
 			s.log.Error("panic in header callback", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			if s.msg != nil {
-				s.msg.skip = "internal error"
+			if s.tx != nil {
+				s.tx.Skip = "internal error"
 			}
 		}
 		resp, err = nil, nil
 	}()
-	msg := s.msg
-	if msg == nil || msg.skip != "" {
+	if s.tx == nil {
 		return nil, nil
 	}
-	if msg.queueID == "" {
-		msg.queueID = m.Macros["i"]
+	if s.tx.QueueID == "" {
+		s.tx.QueueID = m.Macros["i"]
 	}
-	// The per-name index counts every field of that name, kept or not,
-	// because the MTA's ChangeHeader index does (RFC-less milter rule).
-	isAR := strings.EqualFold(name, "Authentication-Results")
-	if isAR {
-		msg.arCount++
-	}
-	msg.headerBytes += len(name) + len(value) + 3
-	if msg.headerBytes > s.cfg.MaxHeaderBytes {
-		if !msg.headerOver {
-			msg.headerOver = true
-			s.log.Warn("header exceeds limit; rest not verified", "limit", s.cfg.MaxHeaderBytes, "queue_id", msg.queueID)
-		}
-		// An A-R with our id must still be removed even past the limit.
-		if isAR {
-			if id, ok := auth.AuthServID(value); ok && strings.EqualFold(id, s.cfg.AuthServID) {
-				msg.arIndexes = append(msg.arIndexes, msg.arCount)
-			}
-		}
-		if strings.EqualFold(name, "From") && len(msg.fromValues) < 50 {
-			msg.fromValues = append(msg.fromValues, truncate(value, 8192))
-		}
-		return nil, nil
-	}
-	switch {
-	case strings.EqualFold(name, "From"):
-		if len(msg.fromValues) < 50 {
-			msg.fromValues = append(msg.fromValues, value)
-		}
-	case isAR:
-		// RFC 8601 §5: fields claiming our authserv-id that arrive from
-		// outside are forgeries and must go.
-		if id, ok := auth.AuthServID(value); ok && strings.EqualFold(id, s.cfg.AuthServID) {
-			msg.arIndexes = append(msg.arIndexes, msg.arCount)
-		}
-	}
-	msg.dkim.AddHeader(name, value)
+	s.tx.AddHeader(name, value)
 	return nil, nil
 }
 
 func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("eoh", &resp, &err)
-	msg := s.msg
-	if msg == nil || msg.skip != "" {
-		return gomilter.RespContinue, nil
+	if s.tx != nil {
+		s.tx.EndHeaders()
 	}
-	msg.author, msg.authorErr = auth.AuthorDomains(msg.fromValues)
-	// Start the DMARC record lookups now so their DNS time overlaps with
-	// the body transfer (DESIGN.md).
-	for i, d := range msg.author.Domains {
-		if i >= maxAuthorDomains {
-			break
-		}
-		ch := make(chan *policy.Discovery, 1)
-		msg.disc[d] = ch
-		go func(d string) {
-			defer func() {
-				if v := recover(); v != nil {
-					s.log.Error("panic in DMARC discovery", "panic", fmt.Sprint(v))
-					ch <- nil
-				}
-			}()
-			ch <- s.srv.deps.Evaluator.Discover(msg.ctx, d)
-		}(d)
-	}
-	msg.dkim.EndHeaders()
 	return gomilter.RespContinue, nil
 }
 
-// maxAuthorDomains bounds the work one From field can cause.
-const maxAuthorDomains = 10
-
 func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("body", &resp, &err)
-	if s.msg != nil && s.msg.skip == "" {
-		_, _ = s.msg.dkim.Write(chunk)
+	if s.tx != nil {
+		s.tx.WriteBody(chunk)
 	}
 	return gomilter.RespContinue, nil
 }
 
 func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("eom", &resp, &err)
-	msg := s.msg
-	if msg == nil {
+	tx := s.tx
+	if tx == nil {
 		return gomilter.RespContinue, nil
 	}
-	defer s.resetMessage()
-	if msg.queueID == "" {
-		msg.queueID = m.Macros["i"]
+	s.tx = nil
+	if tx.QueueID == "" {
+		tx.QueueID = m.Macros["i"]
 	}
-	if msg.skip != "" {
-		s.srv.metrics.skipped(msg.skip)
+	d := tx.Finish()
+	if d == nil {
 		return gomilter.RespContinue, nil
 	}
-	d := s.decide(msg)
-	return s.act(m, msg, d)
+	return s.act(m, d)
+}
+
+// act sends the decision to the MTA. Nothing here returns a final
+// SimpleResponse (LIBRARIES.md, go-milter).
+func (s *session) act(m *gomilter.Modifier, d *Decision) (gomilter.Response, error) {
+	switch d.Action {
+	case ActionReject, ActionTempfail:
+		// Header changes would be thrown away with the message.
+		return reply(d.Reply), nil
+	}
+	// Delete from the highest index down: each deletion shifts the
+	// indexes of the fields below it (go-milter #31, OpenDKIM
+	// CVE-2022-48521).
+	for i := len(d.RemoveAR) - 1; i >= 0; i-- {
+		if err := m.ChangeHeader(d.RemoveAR[i], "Authentication-Results", ""); err != nil {
+			return nil, err
+		}
+	}
+	// RFC 8601 §5: ours goes on top, above anything it vouches for.
+	if err := m.InsertHeader(0, "Authentication-Results", d.AuthResults); err != nil {
+		return nil, err
+	}
+	if d.Action == ActionQuarantine {
+		if d.TagHeader[0] != "" {
+			if err := m.AddHeader(d.TagHeader[0], d.TagHeader[1]); err != nil {
+				return nil, err
+			}
+		} else if err := m.Quarantine("DMARC policy quarantine for " + d.Domain); err != nil {
+			return nil, err
+		}
+	}
+	return gomilter.RespContinue, nil
 }
 
 func (s *session) Abort(m *gomilter.Modifier) (err error) {
@@ -300,19 +220,8 @@ func (s *session) Abort(m *gomilter.Modifier) (err error) {
 			err = nil
 		}
 	}()
-	s.resetMessage()
+	s.reset()
 	return nil
-}
-
-func (s *session) resetMessage() {
-	if s.msg == nil {
-		return
-	}
-	if s.msg.dkim != nil {
-		s.msg.dkim.Abort()
-	}
-	s.msg.cancel()
-	s.msg = nil
 }
 
 // reply is a custom SMTP reply. go-milter counts it as "continue", so the
@@ -321,12 +230,3 @@ func (s *session) resetMessage() {
 func reply(text string) gomilter.Response {
 	return gomilter.NewResponseStr('y', strings.ReplaceAll(text, "%", "%%"))
 }
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
-}
-
-var errNoDiscovery = errors.New("dmarc discovery did not finish")

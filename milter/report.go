@@ -1,0 +1,145 @@
+package milter
+
+import (
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/auth"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// formatAR writes our Authentication-Results value (RFC 8601 §2.2).
+func (t *Transaction) formatAR(d *Decision) string {
+	var ms []auth.ARMethod
+	spf := auth.ARMethod{Method: "spf", Result: d.SPF.Result}
+	if spf.Result == "" {
+		spf.Result = "none"
+	}
+	// RFC 8601 §2.7.2: smtp.mailfrom, or smtp.helo for a null path.
+	if d.SPF.Identity == "helo" {
+		spf.Props = append(spf.Props, auth.ARProp{Type: "smtp", Property: "helo", Value: d.SPF.Domain})
+	} else if d.SPF.Domain != "" {
+		spf.Props = append(spf.Props, auth.ARProp{Type: "smtp", Property: "mailfrom", Value: d.SPF.Domain})
+	}
+	ms = append(ms, spf)
+	if len(d.DKIM) == 0 {
+		ms = append(ms, auth.ARMethod{Method: "dkim", Result: "none"})
+	}
+	for _, r := range d.DKIM {
+		m := auth.ARMethod{Method: "dkim", Result: r.Result, Reason: r.Reason}
+		if r.Domain != "" {
+			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "d", Value: r.Domain})
+		}
+		if r.Selector != "" {
+			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "s", Value: r.Selector})
+		}
+		if r.BPrefix != "" {
+			// RFC 6008 §4: enough of b= to tell signatures apart.
+			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "b", Value: r.BPrefix})
+		}
+		ms = append(ms, m)
+	}
+	for _, ev := range d.Evals {
+		m := auth.ARMethod{Method: "dmarc", Result: string(ev.Result)}
+		var comment []string
+		if ev.Record != nil {
+			comment = append(comment, "p="+strings.ToUpper(string(ev.Record.P)))
+			if ev.Record.HasSP {
+				comment = append(comment, "sp="+strings.ToUpper(string(ev.Record.SP)))
+			}
+			if ev.Applied != "" && ev.Applied != "p" {
+				comment = append(comment, "applied="+ev.Applied)
+			}
+			if ev.Result == policy.ResultFail {
+				comment = append(comment, "dis="+strings.ToUpper(string(ev.Disposition)))
+			}
+		}
+		for _, o := range ev.Overrides {
+			comment = append(comment, "override="+o.Type)
+		}
+		if ev.Err != nil && (ev.Result == policy.ResultTempError || ev.Result == policy.ResultPermError) {
+			comment = append(comment, errSummary(ev.Err))
+		}
+		if d.Why != "" && len(d.Evals) == 1 && !strings.Contains(strings.Join(comment, " "), d.Why) {
+			comment = append(comment, d.Why)
+		}
+		m.Comment = strings.Join(comment, " ")
+		if ev.FromDomain != "" {
+			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "from", Value: ev.FromDomain})
+		}
+		if ev.Record != nil {
+			// RFC 9989 §9.x registers policy.dmarc: the policy applied
+			// after pct/t processing.
+			pol := ev.Disposition
+			if ev.Result != policy.ResultFail {
+				pol = ev.Policy
+			}
+			if pol != "" {
+				m.Props = append(m.Props, auth.ARProp{Type: "policy", Property: "dmarc", Value: string(pol)})
+			}
+		}
+		ms = append(ms, m)
+	}
+	return auth.FormatAR(t.cfg.AuthServID, ms)
+}
+
+// errSummary names the kind of failure for the A-R comment; the details
+// (resolver addresses, raw records) go to the log only, so the header
+// neither reveals our setup nor varies between runs.
+func errSummary(err error) string {
+	switch {
+	case errors.Is(err, policy.ErrDNS):
+		return "DNS failure"
+	case errors.Is(err, auth.ErrNoFrom):
+		return "no From field"
+	case errors.Is(err, auth.ErrFromTooLong):
+		return "From field too long"
+	case errors.Is(err, auth.ErrNoAuthorDomain), errors.Is(err, auth.ErrFromSyntax), errors.Is(err, policy.ErrNoAuthorDomain):
+		return "no usable From domain"
+	case errors.Is(err, policy.ErrSyntax):
+		return "unusable DMARC record"
+	}
+	return "error"
+}
+
+func (t *Transaction) logDecision(d *Decision) {
+	attrs := []any{
+		"queue_id", t.QueueID,
+		"client_ip", t.Conn.IP.String(),
+		"helo", t.Conn.Helo,
+		"mail_from", t.MailFrom,
+		"from_domains", strings.Join(d.Author.Domains, ","),
+		"spf", d.SPF.Result,
+		"action", string(d.Action),
+		"duration", d.Elapsed.Round(time.Microsecond).String(),
+	}
+	var dk []string
+	for _, r := range d.DKIM {
+		dk = append(dk, r.Domain+":"+r.Result)
+	}
+	attrs = append(attrs, "dkim", strings.Join(dk, ","))
+	var dm, pols, disp, over []string
+	for _, ev := range d.Evals {
+		dm = append(dm, string(ev.Result))
+		pols = append(pols, string(ev.Policy))
+		disp = append(disp, string(ev.Disposition))
+		for _, o := range ev.Overrides {
+			over = append(over, o.Type)
+		}
+	}
+	attrs = append(attrs, "dmarc", strings.Join(dm, ","), "policy", strings.Join(pols, ","), "disposition", strings.Join(disp, ","))
+	if len(over) > 0 {
+		attrs = append(attrs, "overrides", strings.Join(over, ","))
+	}
+	if d.Why != "" {
+		attrs = append(attrs, "why", d.Why)
+	}
+	for _, ev := range d.Evals {
+		if ev.Err != nil {
+			attrs = append(attrs, "dmarc_error", ev.Err.Error())
+			break
+		}
+	}
+	t.srv.log.Info("dmarc decision", attrs...)
+}

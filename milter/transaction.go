@@ -1,0 +1,361 @@
+package milter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/auth"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// ConnInfo is what the MTA tells us about the SMTP client.
+type ConnInfo struct {
+	Host string // client host name as the MTA resolved it
+	IP   net.IP
+	Helo string
+}
+
+// Transaction is one message under evaluation, independent of the milter
+// protocol: the milter session feeds it from go-milter callbacks, and
+// `dmarc-milter check` from a saved message, so both decide the same way.
+// Its methods are not safe for concurrent use.
+type Transaction struct {
+	srv *Server
+	cfg *Config
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	start  time.Time
+
+	Conn     ConnInfo
+	MailFrom string
+	Rcpts    []string
+	QueueID  string
+	// Skip says why this message is not evaluated ("" = evaluate).
+	Skip string
+
+	spf chan auth.SPFResult
+
+	headerBytes int
+	headerOver  bool
+	fromValues  []string
+	arIndexes   []int // 1-based per-name indexes of A-R fields carrying our authserv-id
+	arCount     int
+
+	dkim *auth.DKIMVerifier
+
+	author    auth.AuthorInfo
+	authorErr error
+	disc      map[string]chan *policy.Discovery
+}
+
+// Begin starts a transaction at MAIL FROM. SPF starts now, in the
+// background, so its DNS time overlaps with the transfer (DESIGN.md).
+// authenticated is the SASL login name ({auth_authen}), if any.
+func (s *Server) Begin(cfg *Config, conn ConnInfo, mailFrom, authenticated string) *Transaction {
+	if cfg == nil {
+		cfg = s.currentConfig()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.MessageTimeout)
+	t := &Transaction{srv: s, cfg: cfg, ctx: ctx, cancel: cancel, start: time.Now(), Conn: conn, MailFrom: mailFrom, disc: map[string]chan *policy.Discovery{}}
+	if cfg.SkipAuthenticated && authenticated != "" {
+		t.Skip = "authenticated"
+		return t
+	}
+	// RFC 9989 §4.4 uses only the RFC 5321.MailFrom identity, and for a
+	// null reverse path postmaster@<HELO> (RFC 7208 §2.4).
+	t.spf = make(chan auth.SPFResult, 1)
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				s.log.Error("panic in SPF check", "panic", fmt.Sprint(v))
+				t.spf <- auth.SPFResult{Result: "temperror", Err: fmt.Errorf("internal error: %v", v)}
+			}
+		}()
+		t.spf <- auth.CheckSPF(ctx, s.deps.Resolver, conn.IP, conn.Helo, mailFrom)
+	}()
+	t.dkim = auth.NewDKIMVerifier(ctx, s.deps.Resolver.LookupTXT, cfg.MaxDKIMSignatures)
+	return t
+}
+
+// AddRcpt records an envelope recipient.
+func (t *Transaction) AddRcpt(rcpt string) {
+	if len(t.Rcpts) < 1000 {
+		t.Rcpts = append(t.Rcpts, rcpt)
+	}
+}
+
+// AddHeader takes one header field in message order, the value as the
+// MTA sends it with OptHeaderLeadingSpace (leading space kept, folded
+// lines joined by LF).
+func (t *Transaction) AddHeader(name, value string) {
+	if t.Skip != "" {
+		return
+	}
+	// The per-name index counts every field of that name, kept or not,
+	// because the MTA's change-header index does.
+	isAR := strings.EqualFold(name, "Authentication-Results")
+	if isAR {
+		t.arCount++
+		// RFC 8601 §5: fields claiming our authserv-id that arrive from
+		// outside are forgeries and must go, even past the size limit.
+		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) {
+			t.arIndexes = append(t.arIndexes, t.arCount)
+		}
+	}
+	isFrom := strings.EqualFold(name, "From")
+	t.headerBytes += len(name) + len(value) + 3
+	if t.headerBytes > t.cfg.MaxHeaderBytes {
+		if !t.headerOver {
+			t.headerOver = true
+			t.srv.log.Warn("header exceeds limit; rest not verified", "limit", t.cfg.MaxHeaderBytes, "queue_id", t.QueueID)
+		}
+		if isFrom && len(t.fromValues) < 50 {
+			t.fromValues = append(t.fromValues, truncate(value, auth.MaxFromLength+1))
+		}
+		return
+	}
+	if isFrom && len(t.fromValues) < 50 {
+		t.fromValues = append(t.fromValues, value)
+	}
+	t.dkim.AddHeader(name, value)
+}
+
+// EndHeaders parses the author and starts the DMARC record lookups, so
+// their DNS time overlaps with the body transfer (DESIGN.md).
+func (t *Transaction) EndHeaders() {
+	if t.Skip != "" {
+		return
+	}
+	t.author, t.authorErr = auth.AuthorDomains(t.fromValues)
+	for i, d := range t.author.Domains {
+		if i >= maxAuthorDomains {
+			break
+		}
+		ch := make(chan *policy.Discovery, 1)
+		t.disc[d] = ch
+		go func(d string) {
+			defer func() {
+				if v := recover(); v != nil {
+					t.srv.log.Error("panic in DMARC discovery", "panic", fmt.Sprint(v))
+					ch <- nil
+				}
+			}()
+			ch <- t.srv.deps.Evaluator.Discover(t.ctx, d)
+		}(d)
+	}
+	t.dkim.EndHeaders()
+}
+
+// maxAuthorDomains bounds the work one From field can cause.
+const maxAuthorDomains = 10
+
+// WriteBody streams a body chunk (CRLF line ends) to the DKIM verifier.
+func (t *Transaction) WriteBody(chunk []byte) {
+	if t.Skip == "" {
+		_, _ = t.dkim.Write(chunk)
+	}
+}
+
+// Abort releases everything the transaction started. Safe to call twice.
+func (t *Transaction) Abort() {
+	if t.dkim != nil {
+		t.dkim.Abort()
+	}
+	t.cancel()
+}
+
+// Finish waits for SPF, DKIM and the DMARC lookups (bounded by the message
+// deadline), decides, logs the decision and releases the transaction. It
+// returns nil for a transaction that is not evaluated (Skip).
+func (t *Transaction) Finish() *Decision {
+	defer t.Abort()
+	if t.Skip != "" {
+		t.srv.metrics.skipped(t.Skip)
+		return nil
+	}
+	d := t.decide()
+	d.AuthResults = t.formatAR(d)
+	d.RemoveAR = append([]int(nil), t.arIndexes...)
+	if d.Action == ActionQuarantine && t.cfg.Quarantine == "tag" {
+		name, value, _ := strings.Cut(t.cfg.QuarantineHeader, ":")
+		d.TagHeader = [2]string{strings.TrimSpace(name), " " + strings.TrimSpace(value)}
+	}
+	d.Elapsed = time.Since(t.start)
+	t.srv.metrics.decided(d)
+	t.logDecision(d)
+	return d
+}
+
+// Action is what the MTA is told to do with one message.
+type Action string
+
+const (
+	ActionAccept     Action = "accept"
+	ActionQuarantine Action = "quarantine"
+	ActionReject     Action = "reject"
+	ActionTempfail   Action = "tempfail"
+)
+
+// severity orders actions for a message with several Author Domains: the
+// strictest wins (issue 3). A tempfail outranks quarantine because the
+// retry may end in a reject.
+func (a Action) severity() int {
+	switch a {
+	case ActionReject:
+		return 3
+	case ActionTempfail:
+		return 2
+	case ActionQuarantine:
+		return 1
+	}
+	return 0
+}
+
+// Decision is the whole outcome of one message: what the header, the log,
+// the metrics and `dmarc-milter check` all explain.
+type Decision struct {
+	SPF       auth.SPFResult
+	DKIM      []auth.DKIMResult
+	Author    auth.AuthorInfo
+	AuthorErr error
+	Evals     []policy.Evaluation
+	Action    Action
+	// Domain is the policy domain named in a reject or tempfail reply.
+	Domain string
+	// Reply is the SMTP reply text for reject and tempfail.
+	Reply string
+	// Why explains an action that does not follow from the evaluations
+	// alone (monitor mode, malformed From, ...).
+	Why string
+
+	// AuthResults is our Authentication-Results value.
+	AuthResults string
+	// RemoveAR are the 1-based indexes of forged A-R fields to delete.
+	RemoveAR []int
+	// TagHeader is the header to add in tag-mode quarantine (empty name:
+	// none).
+	TagHeader [2]string
+	Elapsed   time.Duration
+}
+
+func (t *Transaction) decide() *Decision {
+	d := &Decision{Author: t.author, AuthorErr: t.authorErr}
+	select {
+	case d.SPF = <-t.spf:
+	case <-t.ctx.Done():
+		d.SPF = auth.SPFResult{Result: "temperror", Err: fmt.Errorf("spf: %w", t.ctx.Err())}
+	}
+	d.DKIM = t.dkim.Finish()
+
+	in := policy.Input{SPF: policy.AuthResult{Result: d.SPF.Result, Domain: d.SPF.Domain}}
+	for _, r := range d.DKIM {
+		in.DKIM = append(in.DKIM, policy.AuthResult{Result: r.Result, Domain: r.Domain, Selector: r.Selector})
+	}
+
+	switch {
+	case t.authorErr != nil || len(t.author.Domains) == 0:
+		// RFC 9989 §4.4 / RFC 7489 §6.6.1: without a usable Author
+		// Domain DMARC cannot be applied; RFC 5322 §3.6 requires exactly
+		// one From field with a mailbox, so the message is malformed.
+		// Permanent: never a 4xx loop for it.
+		why := "no usable From domain"
+		if t.authorErr != nil {
+			why = errSummary(t.authorErr)
+		}
+		d.Evals = append(d.Evals, policy.Evaluation{Result: policy.ResultPermError, Err: fmt.Errorf("%w: %w", policy.ErrNoAuthorDomain, errOr(t.authorErr, errors.New(why)))})
+		d.Why = why
+		if t.cfg.OnMalformedFrom == "reject" && t.cfg.Mode != "monitor" {
+			d.Action = ActionReject
+			d.Reply = "550 5.7.1 Message rejected: " + why
+		} else {
+			d.Action = ActionAccept
+		}
+		return d
+	case len(t.author.Domains) > 1 && t.cfg.RejectMultiDomainFrom && t.cfg.Mode != "monitor":
+		d.Why = "From names several domains"
+		d.Action = ActionReject
+		d.Reply = "550 5.7.1 Message rejected: From names several domains"
+		for _, dom := range t.author.Domains {
+			d.Evals = append(d.Evals, policy.Evaluation{Result: policy.ResultPermError, FromDomain: dom, Err: fmt.Errorf("%w: several author domains", policy.ErrNoAuthorDomain)})
+		}
+		return d
+	}
+
+	d.Action = ActionAccept
+	for i, dom := range t.author.Domains {
+		if i >= maxAuthorDomains {
+			break
+		}
+		var disc *policy.Discovery
+		select {
+		case disc = <-t.disc[dom]:
+		case <-t.ctx.Done():
+		}
+		var ev policy.Evaluation
+		if disc == nil {
+			ev = policy.Evaluation{Result: policy.ResultTempError, FromDomain: dom, Err: fmt.Errorf("%w: %w", policy.ErrDNS, errNoDiscovery)}
+		} else {
+			in.FromDomain = dom
+			ev = t.srv.deps.Evaluator.Evaluate(t.ctx, disc, in)
+		}
+		d.Evals = append(d.Evals, ev)
+		a, reply := t.actionFor(&ev)
+		if a.severity() > d.Action.severity() {
+			d.Action, d.Reply = a, reply
+			d.Domain = ev.PolicyDomain
+			if d.Domain == "" {
+				d.Domain = ev.FromDomain
+			}
+		}
+	}
+	if t.cfg.Mode == "monitor" && d.Action != ActionAccept {
+		d.Why = "monitor mode: would " + string(d.Action)
+		d.Action, d.Reply = ActionAccept, ""
+	}
+	return d
+}
+
+func (t *Transaction) actionFor(ev *policy.Evaluation) (Action, string) {
+	dom := ev.PolicyDomain
+	if dom == "" {
+		dom = ev.FromDomain
+	}
+	switch ev.Result {
+	case policy.ResultFail:
+		switch ev.Disposition {
+		case policy.PolicyReject:
+			// RFC 9989 §5.3.6 suggested text.
+			return ActionReject, "550 5.7.1 Email rejected per DMARC policy for " + dom
+		case policy.PolicyQuarantine:
+			return ActionQuarantine, ""
+		}
+	case policy.ResultTempError:
+		// RFC 9989 §5.3.6 / RFC 7489 §6.6.3: a DNS failure never leads
+		// to a reject; fail closed with a 4xx or open, by configuration.
+		if t.cfg.OnTempError == "tempfail" {
+			return ActionTempfail, "451 4.7.5 DMARC policy for " + dom + " temporarily unavailable, try again later"
+		}
+	}
+	return ActionAccept, ""
+}
+
+var errNoDiscovery = errors.New("dmarc discovery did not finish")
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func errOr(err, def error) error {
+	if err != nil {
+		return err
+	}
+	return def
+}
