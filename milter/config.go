@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
 // Config is what the milter needs to decide; cmd fills it from flags and
@@ -48,6 +50,27 @@ type Config struct {
 	// MaxHeaderBytes bounds the header bytes kept per message; past it the
 	// rest is neither kept nor verified (the MTA's own limits apply first).
 	MaxHeaderBytes int
+
+	// Local is the per-From-domain local policy (allow, force-reject).
+	Local policy.LocalPolicy
+	// Forwarders are clients whose DMARC failures are overridden
+	// (trusted_forwarder): networks, or host names (and their subdomains)
+	// verified by forward-confirmed reverse DNS.
+	Forwarders     []netip.Prefix
+	ForwarderHosts policy.DomainSet
+	// MailingLists are like Forwarders, recorded as mailing_list.
+	MailingLists     []netip.Prefix
+	MailingListHosts policy.DomainSet
+	// TrustedARC are upstream authserv-ids whose arc=pass in their
+	// Authentication-Results overrides a DMARC failure. Only list hosts
+	// that remove forged A-R fields carrying their id (RFC 8601 §5).
+	TrustedARC []string
+	// RecipientModes maps a recipient domain (and its subdomains) to
+	// "enforce", "monitor" or "off", for shared hosting. With recipients
+	// in several modes the most lenient wins (off, then monitor): one
+	// milter reply covers the whole message, and a customer who turned
+	// DMARC off must not lose mail because a co-recipient enforces it.
+	RecipientModes map[string]string
 }
 
 // DefaultConfig returns the embedded defaults (no config file needed).
@@ -111,6 +134,19 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxHeaderBytes < 64<<10 {
 		return fmt.Errorf("max-header-bytes: %d must be at least 65536", c.MaxHeaderBytes)
+	}
+	for d, m := range c.RecipientModes {
+		if err := oneOf("recipient mode for "+d, m, "enforce", "monitor", "off"); err != nil {
+			return err
+		}
+	}
+	for _, id := range c.TrustedARC {
+		if id == "" || strings.ContainsAny(id, " \t;()\"") {
+			return fmt.Errorf("trusted-arc-authserv-ids: %q is not an authserv-id", id)
+		}
+		if strings.EqualFold(id, c.AuthServID) {
+			return fmt.Errorf("trusted-arc-authserv-ids: %q is our own authserv-id", id)
+		}
 	}
 	return nil
 }

@@ -51,6 +51,10 @@ type Transaction struct {
 	author    auth.AuthorInfo
 	authorErr error
 	disc      map[string]chan *policy.Discovery
+
+	mode    string // effective mode, set by Finish
+	arcPass string // trusted upstream authserv-id that reported arc=pass
+	facts   *policy.LocalFacts
 }
 
 // Begin starts a transaction at MAIL FROM. SPF starts now, in the
@@ -105,6 +109,8 @@ func (t *Transaction) AddHeader(name, value string) {
 		// outside are forgeries and must go, even past the size limit.
 		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) {
 			t.arIndexes = append(t.arIndexes, t.arCount)
+		} else {
+			t.noteTrustedAR(value)
 		}
 	}
 	isFrom := strings.EqualFold(name, "From")
@@ -174,11 +180,20 @@ func (t *Transaction) Abort() {
 // returns nil for a transaction that is not evaluated (Skip).
 func (t *Transaction) Finish() *Decision {
 	defer t.Abort()
+	var modeWhy string
+	t.mode, modeWhy = t.effectiveMode()
+	if t.mode == "off" && t.Skip == "" {
+		t.Skip = "recipient mode off"
+		t.srv.log.Info("dmarc not evaluated", "queue_id", t.QueueID, "why", modeWhy)
+	}
 	if t.Skip != "" {
 		t.srv.metrics.skipped(t.Skip)
 		return nil
 	}
 	d := t.decide()
+	if modeWhy != "" && t.mode != t.cfg.Mode {
+		d.Why = strings.TrimPrefix(d.Why+"; "+modeWhy, "; ")
+	}
 	d.AuthResults = t.formatAR(d)
 	d.RemoveAR = append([]int(nil), t.arIndexes...)
 	if d.Action == ActionQuarantine && t.cfg.Quarantine == "tag" {
@@ -269,14 +284,14 @@ func (t *Transaction) decide() *Decision {
 		}
 		d.Evals = append(d.Evals, policy.Evaluation{Result: policy.ResultPermError, Err: fmt.Errorf("%w: %w", policy.ErrNoAuthorDomain, errOr(t.authorErr, errors.New(why)))})
 		d.Why = why
-		if t.cfg.OnMalformedFrom == "reject" && t.cfg.Mode != "monitor" {
+		if t.cfg.OnMalformedFrom == "reject" && t.mode != "monitor" {
 			d.Action = ActionReject
 			d.Reply = "550 5.7.1 Message rejected: " + why
 		} else {
 			d.Action = ActionAccept
 		}
 		return d
-	case len(t.author.Domains) > 1 && t.cfg.RejectMultiDomainFrom && t.cfg.Mode != "monitor":
+	case len(t.author.Domains) > 1 && t.cfg.RejectMultiDomainFrom && t.mode != "monitor":
 		d.Why = "From names several domains"
 		d.Action = ActionReject
 		d.Reply = "550 5.7.1 Message rejected: From names several domains"
@@ -302,6 +317,10 @@ func (t *Transaction) decide() *Decision {
 		} else {
 			in.FromDomain = dom
 			ev = t.srv.deps.Evaluator.Evaluate(t.ctx, disc, in)
+			if ev.Result == policy.ResultFail {
+				// Local policy, in one place, before the action is chosen.
+				t.cfg.Local.Apply(&ev, t.localFacts())
+			}
 		}
 		d.Evals = append(d.Evals, ev)
 		a, reply := t.actionFor(&ev)
@@ -313,7 +332,7 @@ func (t *Transaction) decide() *Decision {
 			}
 		}
 	}
-	if t.cfg.Mode == "monitor" && d.Action != ActionAccept {
+	if t.mode == "monitor" && d.Action != ActionAccept {
 		d.Why = "monitor mode: would " + string(d.Action)
 		d.Action, d.Reply = ActionAccept, ""
 	}

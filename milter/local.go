@@ -1,0 +1,132 @@
+package milter
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/dmarc-milter/dmarc-milter/auth"
+	"github.com/dmarc-milter/dmarc-milter/internal/domain"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// modeRank orders recipient modes from the most lenient.
+var modeRank = map[string]int{"off": 0, "monitor": 1, "enforce": 2}
+
+// effectiveMode is the mode for this message: the global one, unless the
+// recipients' domains have their own; with several, the most lenient
+// (Config.RecipientModes says why).
+func (t *Transaction) effectiveMode() (mode, why string) {
+	mode = t.cfg.Mode
+	if len(t.cfg.RecipientModes) == 0 || len(t.Rcpts) == 0 {
+		return mode, ""
+	}
+	best, bestWhy := "", ""
+	for _, r := range t.Rcpts {
+		m, w := t.cfg.Mode, ""
+		if at := strings.LastIndexByte(r, '@'); at >= 0 {
+			if d, err := domain.Normalize(strings.Trim(r[at+1:], "<> ")); err == nil {
+				for i := 0; i < 128; i++ {
+					if rm, ok := t.cfg.RecipientModes[d]; ok {
+						m, w = rm, "recipient domain "+d+" is "+rm
+						break
+					}
+					dot := strings.IndexByte(d, '.')
+					if dot < 0 {
+						break
+					}
+					d = d[dot+1:]
+				}
+			}
+		}
+		if best == "" || modeRank[m] < modeRank[best] {
+			best, bestWhy = m, w
+		}
+	}
+	return best, bestWhy
+}
+
+// noteTrustedAR remembers an upstream's arc=pass (AddHeader calls it for
+// every Authentication-Results field).
+func (t *Transaction) noteTrustedAR(value string) {
+	if len(t.cfg.TrustedARC) == 0 || t.arcPass != "" {
+		return
+	}
+	id, res, ok := auth.ARResults(value)
+	if !ok {
+		return
+	}
+	for _, trusted := range t.cfg.TrustedARC {
+		if auth.SameAuthServID(id, trusted) {
+			for _, r := range res["arc"] {
+				if r == "pass" {
+					t.arcPass = trusted
+					return
+				}
+			}
+		}
+	}
+}
+
+// localFacts finds what the local policy needs to know about the client,
+// DNS included, only when a failure makes it matter.
+func (t *Transaction) localFacts() policy.LocalFacts {
+	if t.facts != nil {
+		return *t.facts
+	}
+	f := policy.LocalFacts{ARCPass: t.arcPass}
+	f.Forwarder = t.matchClient(t.cfg.Forwarders, t.cfg.ForwarderHosts)
+	if f.Forwarder == "" {
+		f.MailingList = t.matchClient(t.cfg.MailingLists, t.cfg.MailingListHosts)
+	}
+	t.facts = &f
+	return f
+}
+
+// matchClient reports the network or host name the client matches. Host
+// names count only when forward-confirmed: the PTR name must resolve back
+// to the client address, or anyone controlling their own reverse zone
+// could claim to be a trusted forwarder.
+func (t *Transaction) matchClient(nets []netip.Prefix, hosts policy.DomainSet) string {
+	ip, ok := netip.AddrFromSlice(t.Conn.IP)
+	if !ok {
+		return ""
+	}
+	ip = ip.Unmap()
+	for _, p := range nets {
+		if p.Contains(ip) {
+			return p.String()
+		}
+	}
+	if len(hosts) == 0 {
+		return ""
+	}
+	names, err := t.srv.deps.Resolver.LookupAddr(t.ctx, ip.String())
+	if err != nil {
+		t.srv.log.Debug("forwarder check: PTR lookup failed", "ip", ip.String(), "err", err)
+		return ""
+	}
+	for i, n := range names {
+		if i >= 5 {
+			break
+		}
+		d, err := domain.Normalize(n)
+		if err != nil {
+			continue
+		}
+		match, ok := hosts.Match(d)
+		if !ok {
+			continue
+		}
+		addrs, err := t.srv.deps.Resolver.LookupIPAddr(t.ctx, d)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if a.IP.Equal(net.IP(ip.AsSlice())) {
+				return d + " (" + match + ")"
+			}
+		}
+	}
+	return ""
+}

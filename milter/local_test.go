@@ -1,0 +1,82 @@
+package milter
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// TestLocalPolicy runs local overrides end to end: each one changes the
+// action and is recorded in the header with its RFC 9990 type.
+func TestLocalPolicy(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	allow, _ := policy.NewDomainSet([]string{"quar.example"})
+	reject, _ := policy.NewDomainSet([]string{"monitor.example"})
+	cfg.Local = policy.LocalPolicy{AllowFrom: allow, RejectFrom: reject}
+	cfg.Forwarders = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/30")}
+	cfg.MailingListHosts, _ = policy.NewDomainSet([]string{"relay.example"})
+	cfg.TrustedARC = []string{"mx.upstream.example"}
+	cfg.RecipientModes = map[string]string{"watch.example": "monitor", "optout.example": "off"}
+	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
+
+	spoof, sbody, _ := testcase.SplitMessage(readMessage(t, "spoof"))
+	quar, qbody, _ := testcase.SplitMessage(readMessage(t, "quarantine"))
+	forged, fbody, _ := testcase.SplitMessage(readMessage(t, "forged-ar"))
+	arcUp := append([]testcase.Field{{Name: "Authentication-Results", Value: " mx.upstream.example; arc=pass (as.1=pass); dmarc=fail"}}, spoof...)
+	arcOther := append([]testcase.Field{{Name: "Authentication-Results", Value: " mx.evil.example; arc=pass"}}, spoof...)
+
+	tests := []struct {
+		name       string
+		ip         string
+		rcpt       []string
+		fields     []testcase.Field
+		body       []byte
+		smtp       string
+		queue      string
+		arContains string
+	}{
+		{"allow_from overrides quarantine", "198.51.100.1", nil, quar, qbody, "accept", "delivered", "override=local_policy"},
+		{"reject_from turns p=none into reject", "198.51.100.1", nil, forged, fbody, "reject", "none", ""},
+		{"trusted forwarder network", "203.0.113.2", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
+		{"mailing list host, forward-confirmed", "203.0.113.7", nil, spoof, sbody, "accept", "delivered", "override=mailing_list"},
+		{"mailing list host, PTR not confirmed", "203.0.113.8", nil, spoof, sbody, "reject", "none", ""},
+		{"trusted upstream arc=pass", "198.51.100.1", nil, arcUp, sbody, "accept", "delivered", "override=local_policy"},
+		{"untrusted upstream arc=pass ignored", "198.51.100.1", nil, arcOther, sbody, "reject", "none", ""},
+		{"recipient monitor mode", "198.51.100.1", []string{"a@watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
+		{"recipient off: no header", "198.51.100.1", []string{"a@optout.example"}, spoof, sbody, "accept", "delivered", "-"},
+		{"mixed recipients: most lenient", "198.51.100.1", []string{"a@lab.test", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
+		{"enforced recipient", "198.51.100.1", []string{"a@lab.test"}, spoof, sbody, "reject", "none", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialMilter(t, tm.addr)
+			if _, err := c.connect("client.example", tt.ip, "h.example"); err != nil {
+				t.Fatal(err)
+			}
+			o := c.send(t, envelope{MailFrom: "x@attacker.example.org", Rcpt: tt.rcpt}, tt.fields, tt.body)
+			if o.SMTP != tt.smtp || o.Queue != tt.queue {
+				t.Fatalf("got %s/%s (%s), want %s/%s", o.SMTP, o.Queue, o.Reply, tt.smtp, tt.queue)
+			}
+			var ours []string
+			for _, v := range arValues(o.Header) {
+				if strings.HasPrefix(strings.TrimSpace(v), "lab.test;") {
+					ours = append(ours, v)
+				}
+			}
+			switch {
+			case tt.arContains == "-":
+				if len(ours) != 0 {
+					t.Errorf("header written: %q", ours)
+				}
+			case tt.arContains != "":
+				if len(ours) != 1 || !strings.Contains(strings.Join(strings.Fields(ours[0]), " "), tt.arContains) {
+					t.Errorf("A-R %q does not contain %q", ours, tt.arContains)
+				}
+			}
+		})
+	}
+}
