@@ -13,6 +13,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/dmarc-milter/dmarc-milter/internal/domain"
 	"github.com/dmarc-milter/dmarc-milter/milter"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 )
@@ -42,6 +43,22 @@ type fileConfig struct {
 	LogFormat         *string   `toml:"log_format"`
 	LogLevel          *string   `toml:"log_level"`
 	SocketMode        *string   `toml:"socket_mode"`
+	SocketGroup       *string   `toml:"socket_group"`
+	LogOutput         *string   `toml:"log_output"`
+	MetricsListen     *string   `toml:"metrics_listen"`
+	MaxHeaderBytes    *int      `toml:"max_header_bytes"`
+
+	LocalPolicy *localPolicyConfig `toml:"local_policy"`
+}
+
+// localPolicyConfig is the [local_policy] table.
+type localPolicyConfig struct {
+	AllowFrom        []string          `toml:"allow_from"`
+	RejectFrom       []string          `toml:"reject_from"`
+	Forwarders       []string          `toml:"forwarders"`
+	MailingLists     []string          `toml:"mailing_lists"`
+	TrustedARC       []string          `toml:"trusted_arc_authserv_ids"`
+	RecipientDomains map[string]string `toml:"recipient_domains"`
 }
 
 type duration struct{ time.Duration }
@@ -64,8 +81,12 @@ type Settings struct {
 	DNSTimeout time.Duration
 	LogFormat  string
 	LogLevel   string
+	LogOutput  string
 	SocketMode os.FileMode
-	Milter     milter.Config
+	// SocketGroup owns the unix socket, so that the MTA's user can connect.
+	SocketGroup   string
+	MetricsListen string
+	Milter        milter.Config
 }
 
 func defaultSettings() Settings {
@@ -79,6 +100,7 @@ func defaultSettings() Settings {
 		DNSTimeout: 2 * time.Second,
 		LogFormat:  "text",
 		LogLevel:   "info",
+		LogOutput:  "stderr",
 		SocketMode: 0o660,
 		Milter:     mc,
 	}
@@ -179,7 +201,61 @@ func (fc *fileConfig) apply(st *Settings) error {
 		}
 		st.SocketMode = os.FileMode(m)
 	}
+	set(&st.SocketGroup, fc.SocketGroup)
+	set(&st.LogOutput, fc.LogOutput)
+	set(&st.MetricsListen, fc.MetricsListen)
+	if fc.MaxHeaderBytes != nil {
+		mc.MaxHeaderBytes = *fc.MaxHeaderBytes
+	}
+	if lp := fc.LocalPolicy; lp != nil {
+		if err := lp.apply(mc); err != nil {
+			return fmt.Errorf("local_policy: %w", err)
+		}
+	}
 	return nil
+}
+
+func (lp *localPolicyConfig) apply(mc *milter.Config) error {
+	var err error
+	if mc.Local.AllowFrom, err = policy.NewDomainSet(lp.AllowFrom); err != nil {
+		return fmt.Errorf("allow_from: %w", err)
+	}
+	if mc.Local.RejectFrom, err = policy.NewDomainSet(lp.RejectFrom); err != nil {
+		return fmt.Errorf("reject_from: %w", err)
+	}
+	if mc.Forwarders, mc.ForwarderHosts, err = netsAndHosts(lp.Forwarders); err != nil {
+		return fmt.Errorf("forwarders: %w", err)
+	}
+	if mc.MailingLists, mc.MailingListHosts, err = netsAndHosts(lp.MailingLists); err != nil {
+		return fmt.Errorf("mailing_lists: %w", err)
+	}
+	mc.TrustedARC = append([]string(nil), lp.TrustedARC...)
+	mc.RecipientModes = map[string]string{}
+	for d, m := range lp.RecipientDomains {
+		nd, err := domain.Normalize(d)
+		if err != nil {
+			return fmt.Errorf("recipient_domains: %q is not a domain name", d)
+		}
+		mc.RecipientModes[nd] = strings.TrimSpace(m)
+	}
+	return nil
+}
+
+// netsAndHosts splits a list of addresses, networks and host names: a
+// name matches itself and its subdomains once forward-confirmed.
+func netsAndHosts(list []string) ([]netip.Prefix, policy.DomainSet, error) {
+	var nets []netip.Prefix
+	var names []string
+	for _, e := range list {
+		e = strings.TrimSpace(e)
+		if p, err := parsePrefix(e); err == nil {
+			nets = append(nets, p)
+			continue
+		}
+		names = append(names, e)
+	}
+	hosts, err := policy.NewDomainSet(names)
+	return nets, hosts, err
 }
 
 func parsePrefix(s string) (netip.Prefix, error) {
@@ -229,6 +305,16 @@ func (st *Settings) validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", st.LogLevel)
+	}
+	switch st.LogOutput {
+	case "stderr", "syslog":
+	default:
+		return fmt.Errorf("log_output: %q is not one of stderr, syslog", st.LogOutput)
+	}
+	if st.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(st.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen: %q is not HOST:PORT", st.MetricsListen)
+		}
 	}
 	return st.Milter.Validate()
 }

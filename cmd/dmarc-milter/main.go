@@ -13,10 +13,13 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"log/syslog"
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +47,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version":
 		fmt.Fprintln(stdout, "dmarc-milter", versionString())
 		return 0
+	case "config":
+		return configCmd(args, stdout, stderr)
+	case "check":
+		return checkCmd(args, stdout, stderr)
+	case "record":
+		return recordCmd(args, stdout, stderr)
 	case "help":
 		usage(stdout)
 		return 0
@@ -56,6 +65,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   dmarc-milter [serve] [flags]   run the milter (flags: dmarc-milter serve -h)
+  dmarc-milter config check FILE validate a configuration file and print the effective settings
+  dmarc-milter config from-opendmarc /etc/opendmarc.conf
+                                 convert an OpenDMARC configuration to ours
+  dmarc-milter check [-ip A -helo H -mail-from S -rcpt R] message.eml
+                                 evaluate a saved message as the daemon would, with a trace
+  dmarc-milter record example.com
+                                 fetch, validate and explain a domain's DMARC policy
   dmarc-milter version           print the version
 `)
 }
@@ -97,6 +113,9 @@ func flagSet(stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.String("log-format", "text", "text or json (on stderr)")
 	fs.String("log-level", "info", "debug, info, warn or error")
 	fs.String("socket-mode", "0660", "file mode of a unix socket")
+	fs.String("socket-group", "", "group of a unix socket (e.g. postfix), so the MTA can connect")
+	fs.String("log-output", "stderr", "stderr or syslog (mail facility)")
+	fs.String("metrics-listen", "", "HOST:PORT for Prometheus /metrics and /healthz (off when empty)")
 	return fs, config
 }
 
@@ -178,6 +197,12 @@ func loadSettings(args []string, stderr io.Writer) (Settings, string, error) {
 			fc.LogLevel = str()
 		case "socket-mode":
 			fc.SocketMode = str()
+		case "socket-group":
+			fc.SocketGroup = str()
+		case "log-output":
+			fc.LogOutput = str()
+		case "metrics-listen":
+			fc.MetricsListen = str()
 		}
 	})
 	if ferr != nil {
@@ -192,39 +217,53 @@ func loadSettings(args []string, stderr io.Writer) (Settings, string, error) {
 	return st, *config, nil
 }
 
-func newLogger(st Settings, w io.Writer) *slog.Logger {
+func newLogger(st Settings, w io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(st.LogLevel))
 	opts := &slog.HandlerOptions{Level: lvl}
-	if st.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+	if st.LogOutput == "syslog" {
+		sw, err := syslog.New(syslog.LOG_MAIL|syslog.LOG_INFO, "dmarc-milter")
+		if err != nil {
+			return nil, fmt.Errorf("log_output syslog: %w", err)
+		}
+		w = sw
+		// syslog stamps the time itself.
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	if st.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
 }
 
-// deps builds the parts shared by all sessions from the settings.
-func buildDeps(st Settings, logger *slog.Logger) (milter.Deps, error) {
+// buildDeps builds the parts shared by all sessions from the settings.
+func buildDeps(st Settings, logger *slog.Logger) (milter.Deps, *dnsres.Resolver, error) {
 	servers := st.DNS
 	if len(servers) == 0 {
 		var err error
 		servers, err = dnsres.ServersFromResolvConf("/etc/resolv.conf")
 		if err != nil {
-			return milter.Deps{}, fmt.Errorf("dns: no -dns given and /etc/resolv.conf unusable: %w", err)
+			return milter.Deps{}, nil, fmt.Errorf("dns: no -dns given and /etc/resolv.conf unusable: %w", err)
 		}
 	}
 	res, err := dnsres.New(dnsres.Config{Servers: servers, Timeout: st.DNSTimeout})
 	if err != nil {
-		return milter.Deps{}, fmt.Errorf("dns: %w", err)
+		return milter.Deps{}, nil, fmt.Errorf("dns: %w", err)
 	}
 	opts := policy.Options{Spec: st.Spec}
 	if st.PSL != "" {
 		psl, err := policy.LoadPSL(st.PSL)
 		if err != nil {
-			return milter.Deps{}, fmt.Errorf("psl: %w", err)
+			return milter.Deps{}, nil, fmt.Errorf("psl: %w", err)
 		}
 		opts.PSL = psl
 	}
-	return milter.Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, opts), Logger: logger}, nil
+	return milter.Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, opts), Logger: logger}, res, nil
 }
 
 func listen(st Settings) (net.Listener, error) {
@@ -250,6 +289,18 @@ func listen(st Settings) (net.Listener, error) {
 			ln.Close()
 			return nil, err
 		}
+		if st.SocketGroup != "" {
+			g, err := user.LookupGroup(st.SocketGroup)
+			if err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("socket_group: %w", err)
+			}
+			gid, _ := strconv.Atoi(g.Gid)
+			if err := os.Chown(addr, -1, gid); err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("socket_group: %w", err)
+			}
+		}
 		return ln, nil
 	}
 	return net.Listen(network, addr)
@@ -264,12 +315,16 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
 		return 2
 	}
-	logger := newLogger(st, stderr)
+	logger, err := newLogger(st, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmarc-milter: %v\n", err)
+		return 1
+	}
 	slog.SetDefault(logger)
 	// go-milter logs through the standard log package (LIBRARIES.md).
 	log.SetFlags(0)
 
-	deps, err := buildDeps(st, logger)
+	deps, res, err := buildDeps(st, logger)
 	if err != nil {
 		logger.Error("cannot start", "err", err)
 		return 1
@@ -279,10 +334,20 @@ func serve(args []string, stderr io.Writer) int {
 		logger.Error("cannot start", "err", err)
 		return 2
 	}
+	defer res.Close()
 	ln, err := listen(st)
 	if err != nil {
 		logger.Error("cannot listen", "listen", st.Listen, "err", err)
 		return 1
+	}
+	if st.MetricsListen != "" {
+		stop, err := startMetrics(st.MetricsListen, srv, res, logger)
+		if err != nil {
+			ln.Close()
+			logger.Error("cannot serve metrics", "metrics_listen", st.MetricsListen, "err", err)
+			return 1
+		}
+		defer stop()
 	}
 	logger.Info("dmarc-milter started", "version", versionString(), "listen", ln.Addr().String(),
 		"authserv_id", st.Milter.AuthServID, "mode", st.Milter.Mode, "spec", string(st.Spec),
