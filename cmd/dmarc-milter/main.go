@@ -128,14 +128,21 @@ func loadSettings(args []string, stderr io.Writer) (Settings, string, error) {
 	if fs.NArg() > 0 {
 		return Settings{}, "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	st, err := settingsFrom(fs, *config)
+	return st, *config, err
+}
+
+// settingsFrom merges defaults, the file named by config and the flags
+// set on the parsed fs.
+func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 	st := defaultSettings()
-	if *config != "" {
-		fc, err := loadFile(*config)
+	if config != "" {
+		fc, err := loadFile(config)
 		if err != nil {
-			return Settings{}, "", err
+			return Settings{}, err
 		}
 		if err := fc.apply(&st); err != nil {
-			return Settings{}, "", fmt.Errorf("%s: %w", *config, err)
+			return Settings{}, fmt.Errorf("%s: %w", config, err)
 		}
 	}
 	var fc fileConfig
@@ -206,15 +213,15 @@ func loadSettings(args []string, stderr io.Writer) (Settings, string, error) {
 		}
 	})
 	if ferr != nil {
-		return Settings{}, "", ferr
+		return Settings{}, ferr
 	}
 	if err := fc.apply(&st); err != nil {
-		return Settings{}, "", err
+		return Settings{}, err
 	}
 	if err := st.validate(); err != nil {
-		return Settings{}, "", err
+		return Settings{}, err
 	}
-	return st, *config, nil
+	return st, nil
 }
 
 func newLogger(st Settings, w io.Writer) (*slog.Logger, error) {
