@@ -1,0 +1,144 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseListen(t *testing.T) {
+	tests := []struct {
+		in, network, addr string
+		err               bool
+	}{
+		{"inet:127.0.0.1:8893", "tcp", "127.0.0.1:8893", false},
+		{"inet:[::1]:8893", "tcp", "[::1]:8893", false},
+		{"inet:8893@localhost", "tcp", "localhost:8893", false},
+		{"inet:8893@[::1]", "tcp", "[::1]:8893", false},
+		{"inet:8893", "tcp", "127.0.0.1:8893", false},
+		{"unix:/run/dmarc-milter/s.sock", "unix", "/run/dmarc-milter/s.sock", false},
+		{"local:/var/spool/postfix/x.sock", "unix", "/var/spool/postfix/x.sock", false},
+		{"unix:relative.sock", "", "", true},
+		{"inet:99999@localhost", "", "", true},
+		{"inet:host:port", "", "", true},
+		{"tcp6", "", "", true},
+		{"udp:1.2.3.4:5", "", "", true},
+		{"", "", "", true},
+	}
+	for _, tt := range tests {
+		n, a, err := parseListen(tt.in)
+		if (err != nil) != tt.err || n != tt.network || a != tt.addr {
+			t.Errorf("parseListen(%q) = %q, %q, %v", tt.in, n, a, err)
+		}
+	}
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "c.toml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestLoadSettings checks precedence (defaults < file < flags) and that
+// every broken setting is refused with a message naming it.
+func TestLoadSettings(t *testing.T) {
+	good := writeTemp(t, `
+listen = "unix:/run/x.sock"
+dns = ["127.0.0.1:53", "10.0.0.1:53"]
+authserv_id = "mx.example.com"
+mode = "monitor"
+quarantine = "hold"
+trusted_networks = ["10.0.0.0/8", "192.0.2.1"]
+message_timeout = "15s"
+[local_policy]
+allow_from = ["partner.example"]
+reject_from = ["bank.example"]
+forwarders = ["203.0.113.0/24", "relay.example"]
+trusted_arc_authserv_ids = ["mx.upstream.example"]
+recipient_domains = { "Customer.Example" = "off" }
+`)
+	st, _, err := loadSettings([]string{"-config", good, "-mode", "enforce"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := st.Milter
+	if st.Listen != "unix:/run/x.sock" || len(st.DNS) != 2 || mc.AuthServID != "mx.example.com" || mc.Quarantine != "hold" {
+		t.Errorf("file not applied: %+v", st)
+	}
+	if mc.Mode != "enforce" {
+		t.Errorf("flag did not override file: mode %q", mc.Mode)
+	}
+	if len(mc.TrustedNetworks) != 2 || mc.TrustedNetworks[1].String() != "192.0.2.1/32" || mc.MessageTimeout != 15*time.Second {
+		t.Errorf("trusted networks/timeout: %v %v", mc.TrustedNetworks, mc.MessageTimeout)
+	}
+	if _, ok := mc.Local.RejectFrom.Match("mail.bank.example"); !ok || len(mc.Forwarders) != 1 || len(mc.ForwarderHosts) != 1 || mc.RecipientModes["customer.example"] != "off" {
+		t.Errorf("local policy: %+v", mc)
+	}
+
+	st, _, err = loadSettings(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Listen != "inet:127.0.0.1:8893" || st.Milter.Mode != "enforce" || len(st.Milter.TrustedNetworks) != 2 {
+		t.Errorf("defaults: %+v", st)
+	}
+	if st, _, err = loadSettings([]string{"-trusted-networks", ""}, io.Discard); err != nil || len(st.Milter.TrustedNetworks) != 0 {
+		t.Errorf("empty trusted networks: %v %v", st.Milter.TrustedNetworks, err)
+	}
+
+	bad := []struct{ file, flag, want string }{
+		{`mode = "monitr"`, "", "mode"},
+		{`modee = "monitor"`, "", "unknown key"},
+		{`[local_policy]
+allow_fromm = ["x.example"]`, "", "unknown key"},
+		{`listen = "inet:host"`, "", "listen"},
+		{`dns = ["127.0.0.1"]`, "", "dns"},
+		{`trusted_networks = ["10.0.0.0/33"]`, "", "trusted_networks"},
+		{`message_timeout = "10m"`, "", "message-timeout"},
+		{`message_timeout = "ten"`, "", "ten"},
+		{`spec = "rfc1234"`, "", "spec"},
+		{`psl = "/nonexistent/psl.dat"`, "", "psl"},
+		{`authserv_id = "a b"`, "", "authserv-id"},
+		{`quarantine_header = "no colon"`, "", "quarantine-header"},
+		{`[local_policy]
+recipient_domains = { "x.example" = "sometimes" }`, "", "sometimes"},
+		{`[local_policy]
+reject_from = ["not a domain"]`, "", "reject_from"},
+		{`[local_policy]
+trusted_arc_authserv_ids = ["lab.test"]`, "-authserv-id=lab.test", "own authserv-id"},
+		{`log_output = "file"`, "", "log_output"},
+		{`socket_mode = "rw"`, "", "socket_mode"},
+		{`this is not toml`, "", "c.toml"},
+		{"", "-on-temperror=reject", "on-temperror"},
+		{"", "-max-dkim-signatures=0", "max-dkim-signatures"},
+	}
+	for _, b := range bad {
+		args := []string{"-config", writeTemp(t, b.file)}
+		if b.flag != "" {
+			args = append(args, b.flag)
+		}
+		_, _, err := loadSettings(args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), b.want) {
+			t.Errorf("%q %q: err %v, want mention of %q", b.file, b.flag, err, b.want)
+		}
+	}
+}
+
+func TestRunSubcommands(t *testing.T) {
+	var out strings.Builder
+	if rc := run([]string{"version"}, &out, io.Discard); rc != 0 || !strings.HasPrefix(out.String(), "dmarc-milter ") {
+		t.Errorf("version: %d %q", rc, out.String())
+	}
+	if rc := run([]string{"frobnicate"}, io.Discard, io.Discard); rc != 2 {
+		t.Errorf("unknown command: %d", rc)
+	}
+	if rc := run([]string{"serve", "-mode", "bogus"}, io.Discard, io.Discard); rc != 2 {
+		t.Errorf("bad flag value: %d", rc)
+	}
+}
