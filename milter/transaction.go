@@ -80,7 +80,10 @@ func (s *Server) Begin(cfg *Config, conn ConnInfo, mailFrom, authenticated strin
 				t.spf <- auth.SPFResult{Result: "temperror", Err: fmt.Errorf("internal error: %v", v)}
 			}
 		}()
-		t.spf <- auth.CheckSPF(ctx, s.deps.Resolver, conn.IP, conn.Helo, mailFrom)
+		began := time.Now()
+		r := auth.CheckSPF(ctx, s.deps.Resolver, conn.IP, conn.Helo, mailFrom)
+		s.metrics.dnsTime("spf", time.Since(began))
+		t.spf <- r
 	}()
 	t.dkim = auth.NewDKIMVerifier(ctx, s.deps.Resolver.LookupTXT, cfg.MaxDKIMSignatures)
 	return t
@@ -151,7 +154,10 @@ func (t *Transaction) EndHeaders() {
 					ch <- nil
 				}
 			}()
-			ch <- t.srv.deps.Evaluator.Discover(t.ctx, d)
+			began := time.Now()
+			disc := t.srv.deps.Evaluator.Discover(t.ctx, d)
+			t.srv.metrics.dnsTime("dmarc", time.Since(began))
+			ch <- disc
 		}(d)
 	}
 	t.dkim.EndHeaders()
@@ -180,6 +186,7 @@ func (t *Transaction) Abort() {
 // returns nil for a transaction that is not evaluated (Skip).
 func (t *Transaction) Finish() *Decision {
 	defer t.Abort()
+	began := time.Now()
 	var modeWhy string
 	t.mode, modeWhy = t.effectiveMode()
 	if t.mode == "off" && t.Skip == "" {
@@ -202,6 +209,8 @@ func (t *Transaction) Finish() *Decision {
 	}
 	d.Elapsed = time.Since(t.start)
 	t.srv.metrics.decided(d)
+	t.srv.metrics.Decision.Observe(time.Since(began).Seconds())
+	t.srv.metrics.Message.Observe(d.Elapsed.Seconds())
 	t.logDecision(d)
 	return d
 }
