@@ -2,9 +2,13 @@ package milter
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +46,11 @@ type Server struct {
 	conns    map[*trackedConn]struct{}
 	closing  bool
 	sessions sync.WaitGroup
+
+	// testHook, when set before Serve, runs at the start of every session
+	// callback with the stage name and the message's transaction (nil
+	// outside one): tests inject panics through it.
+	testHook func(stage string, tx *Transaction)
 }
 
 // NewServer checks cfg and returns a server ready to Serve.
@@ -86,25 +95,76 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
+	defer ln.Close()
 
-	tl := &trackingListener{Listener: ln, srv: s}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// EMFILE and friends: back off instead of dying.
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			return err
+		}
+		tc := s.track(c)
+		if tc == nil {
+			return nil
+		}
+		s.serveConn(tc)
+	}
+}
+
+// serveConn hands one connection to its own go-milter server, whose
+// NewMilter knows the connection. go-milter calls NewMilter again from the
+// session goroutine after any final response, including the tempfail it
+// sends itself for a malformed connect packet, which any peer can provoke;
+// with one shared server those calls could not tell which connection they
+// belong to, and a session bound to the wrong one misses its cleanup when
+// its MTA disconnects. The per-connection server costs nothing extra:
+// its Serve returns at once, leaving only go-milter's session goroutine.
+func (s *Server) serveConn(tc *trackedConn) {
 	gs := &gomilter.Server{
-		NewMilter: func() gomilter.Milter { return s.newSession(tl.take()) },
+		NewMilter: func() gomilter.Milter { return s.newSession(tc) },
 		// Recommended negotiation (LIBRARIES.md): header changes, insert
 		// and quarantine; leading space kept for DKIM simple
 		// canonicalisation; no reply per header.
 		Actions:  gomilter.OptAddHeader | gomilter.OptChangeHeader | gomilter.OptQuarantine,
 		Protocol: gomilter.OptHeaderLeadingSpace | gomilter.OptNoHeaderReply,
 	}
-	err := gs.Serve(tl)
-	s.mu.Lock()
-	closing := s.closing
-	s.mu.Unlock()
-	if closing {
-		return nil
-	}
-	return err
+	_ = gs.Serve(&oneConnListener{conn: tc})
 }
+
+// oneConnListener yields one connection, then reports itself closed so
+// that go-milter's Serve returns after starting the session goroutine.
+type oneConnListener struct {
+	conn net.Conn
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	if c := l.conn; c != nil {
+		l.conn = nil
+		return c, nil
+	}
+	return nil, net.ErrClosed
+}
+
+// Close is called by go-milter's Serve on return; the connection belongs
+// to the session goroutine by then.
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return dummyAddr{} }
+
+type dummyAddr struct{}
+
+func (dummyAddr) Network() string { return "milter" }
+func (dummyAddr) String() string  { return "milter" }
 
 // Shutdown stops accepting connections, lets sessions in flight finish
 // until ctx ends, then closes what is left.
@@ -139,82 +199,106 @@ func (s *Server) ActiveSessions() int {
 	return len(s.conns)
 }
 
-// trackingListener hands each accepted connection to the session that
-// go-milter creates for it. go-milter calls NewMilter right after Accept in
-// the same goroutine, so a one-slot handoff links them; the only other
-// NewMilter calls follow a final response at connect, after which the MTA
-// sends nothing that needs the link (a stolen slot costs only the early
-// cleanup below, the message deadline still bounds everything).
-type trackingListener struct {
-	net.Listener
-	srv *Server
-
-	mu      sync.Mutex
-	pending *trackedConn
-}
-
-func (l *trackingListener) take() *trackedConn {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	c := l.pending
-	l.pending = nil
-	return c
-}
-
-func (l *trackingListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// EMFILE and friends: back off instead of dying,
-				// go-milter returns on any Accept error.
-				time.Sleep(50 * time.Millisecond)
-				continue
-			}
-			return nil, err
-		}
-		tc := &trackedConn{Conn: c, srv: l.srv, idle: l.srv.currentConfig().IdleTimeout}
-		l.srv.mu.Lock()
-		if l.srv.closing {
-			l.srv.mu.Unlock()
-			c.Close()
-			return nil, net.ErrClosed
-		}
-		l.srv.conns[tc] = struct{}{}
-		l.srv.sessions.Add(1)
-		l.srv.mu.Unlock()
-		l.srv.metrics.sessionOpened()
-		l.mu.Lock()
-		l.pending = tc
-		l.mu.Unlock()
-		return tc, nil
+// track registers an accepted connection for Shutdown and the metrics;
+// it returns nil, closing c, once Shutdown has begun.
+func (s *Server) track(c net.Conn) *trackedConn {
+	tc := &trackedConn{Conn: c, srv: s, idle: s.currentConfig().IdleTimeout}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.Close()
+		return nil
 	}
+	s.conns[tc] = struct{}{}
+	s.sessions.Add(1)
+	s.mu.Unlock()
+	s.metrics.sessionOpened()
+	return tc
 }
 
-// trackedConn gives every read and write a deadline, which go-milter does
-// not (LIBRARIES.md): an MTA that goes silent cannot hold a goroutine.
+// trackedConn gives every packet and write a deadline, which go-milter
+// does not (LIBRARIES.md): an MTA that goes silent cannot hold a goroutine.
+// It also frames the packets itself, because go-milter allocates the
+// length a packet announces (up to 1 MiB) before reading it: a peer could
+// make each connection pin 1 MiB for the idle timeout by sending four
+// bytes. Here a packet is buffered as it arrives, so memory follows what
+// the peer really sent, and go-milter sees only complete packets.
 type trackedConn struct {
 	net.Conn
 	srv    *Server
 	idle   time.Duration
 	closed sync.Once
 
+	// pending is the unread rest of the current packet. Only the session
+	// goroutine reads, so it needs no lock.
+	pending []byte
+
 	mu      sync.Mutex
 	onClose func()
 }
 
+// maxPacket is go-milter's own limit (maxPacketSize): larger packets
+// end the session there anyway, so they are refused before buffering.
+const maxPacket = 1 << 20
+
 // setOnClose registers the session's cleanup: an MTA that disconnects
-// mid-message must not leave DKIM or DNS work running.
+// mid-message must not leave DKIM or DNS work running. A session that
+// go-milter replaced (after a final response) is cleaned up now.
 func (c *trackedConn) setOnClose(f func()) {
 	c.mu.Lock()
+	prev := c.onClose
 	c.onClose = f
 	c.mu.Unlock()
+	if prev != nil {
+		prev()
+	}
 }
 
 func (c *trackedConn) Read(p []byte) (int, error) {
+	if len(c.pending) == 0 {
+		c.pending = nil // the last packet's buffer goes with it
+		pkt, err := c.readPacket()
+		if err != nil {
+			return 0, err
+		}
+		c.pending = pkt
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// readPacket reads one whole milter packet (4-byte big-endian length,
+// then that many bytes: command and data), length prefix included. The
+// idle timeout bounds the whole packet, not each read, so a peer dripping
+// a byte at a time cannot hold the session either.
+func (c *trackedConn) readPacket() ([]byte, error) {
 	_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
-	return c.Conn.Read(p)
+	var hdr [4]byte
+	if _, err := io.ReadFull(c.Conn, hdr[:]); err != nil {
+		return nil, err // io.EOF between packets is a clean close
+	}
+	n := int(binary.BigEndian.Uint32(hdr[:]))
+	if n == 0 || n > maxPacket {
+		return nil, fmt.Errorf("milter: packet length %d not in 1..%d", n, maxPacket)
+	}
+	const step = 64 << 10 // a body chunk (MaxBodyChunk) fits the first read
+	buf := make([]byte, 4, 4+min(n, step))
+	copy(buf, hdr[:])
+	for len(buf) < 4+n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(len(buf), 4+n-len(buf)))
+		}
+		m, err := c.Conn.Read(buf[len(buf):min(cap(buf), 4+n)])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < 4+n {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	return buf, nil
 }
 
 func (c *trackedConn) Write(p []byte) (int, error) {

@@ -28,6 +28,9 @@ type session struct {
 	connMacros map[string]string
 
 	tx *Transaction
+	// faulted marks a message during which one of our callbacks panicked:
+	// its end gets the fail-safe answer, whatever is left of it.
+	faulted bool
 }
 
 func (s *Server) newSession(c *trackedConn) gomilter.Milter {
@@ -63,8 +66,16 @@ func (s *session) guard(stage string, resp *gomilter.Response, err *error) {
 	s.srv.metrics.panic()
 	s.log.Error("panic in milter callback", "stage", stage, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 	s.reset()
+	s.faulted = true
 	*err = nil
 	*resp = s.failSafe()
+}
+
+// hook runs the test hook, if any, at the start of each callback.
+func (s *session) hook(stage string) {
+	if h := s.srv.testHook; h != nil {
+		h(stage, s.tx)
+	}
 }
 
 func (s *session) failSafe() gomilter.Response {
@@ -76,6 +87,7 @@ func (s *session) failSafe() gomilter.Response {
 
 func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("connect", &resp, &err)
+	s.hook("connect")
 	s.conn = ConnInfo{Host: host, IP: addr}
 	s.connMacros = make(map[string]string, len(m.Macros))
 	for k, v := range m.Macros {
@@ -103,15 +115,18 @@ func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomi
 
 func (s *session) Helo(name string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("helo", &resp, &err)
+	s.hook("helo")
 	s.conn.Helo = strings.TrimSpace(name)
 	return gomilter.RespContinue, nil
 }
 
 func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("mail", &resp, &err)
+	s.hook("mail")
 	// Postfix sends ABORT between messages, other MTAs may not
 	// (LIBRARIES.md): reset here too.
 	s.reset()
+	s.faulted = false
 	// {auth_authen} arrives with MAIL and is gone by end of message.
 	s.tx = s.srv.Begin(s.cfg, s.conn, from, m.Macros["{auth_authen}"])
 	s.tx.QueueID = m.Macros["i"]
@@ -120,6 +135,7 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("rcpt", &resp, &err)
+	s.hook("rcpt")
 	if s.tx != nil {
 		s.tx.AddRcpt(rcpt)
 	}
@@ -132,12 +148,20 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 		if v := recover(); v != nil {
 			s.srv.metrics.panic()
 			s.log.Error("panic in header callback", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			if s.tx != nil {
-				s.tx.Skip = "internal error"
-			}
+			// No reply is possible here (OptNoHeaderReply): the fail-safe
+			// answer waits for the end of the message.
+			s.reset()
+			s.faulted = true
 		}
 		resp, err = nil, nil
 	}()
+	// go-milter also collects every header field in its own map for
+	// Headers(), and empties it only at ABORT: unbounded for a peer that
+	// sends endless fields or no ABORT between messages. We keep our own
+	// ordered copy (LIBRARIES.md), so drop the library's as we go; the
+	// Modifier shares the session's map.
+	clear(m.Headers)
+	s.hook("header")
 	if s.tx == nil {
 		return nil, nil
 	}
@@ -150,6 +174,7 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 
 func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("eoh", &resp, &err)
+	s.hook("eoh")
 	if s.tx != nil {
 		s.tx.EndHeaders()
 	}
@@ -158,6 +183,7 @@ func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp go
 
 func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("body", &resp, &err)
+	s.hook("body")
 	if s.tx != nil {
 		s.tx.WriteBody(chunk)
 	}
@@ -166,6 +192,12 @@ func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.R
 
 func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("eom", &resp, &err)
+	s.hook("eom")
+	if s.faulted {
+		s.faulted = false
+		s.reset()
+		return s.failSafe(), nil
+	}
 	tx := s.tx
 	if tx == nil {
 		return gomilter.RespContinue, nil
@@ -216,11 +248,13 @@ func (s *session) act(m *gomilter.Modifier, d *Decision) (gomilter.Response, err
 func (s *session) Abort(m *gomilter.Modifier) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
+			s.srv.metrics.panic()
 			s.log.Error("panic in abort", "panic", fmt.Sprint(v))
 			err = nil
 		}
 	}()
 	s.reset()
+	s.faulted = false
 	return nil
 }
 
