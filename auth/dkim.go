@@ -73,9 +73,11 @@ type DKIMVerifier struct {
 	maxSigs int
 
 	header    bytes.Buffer
+	fields    []headerField // every field, top to bottom, in header
 	tooLarge  bool
 	sigs      []sigTags
-	headersOK bool // EndHeaders ran
+	own       []*lengthSig // the signatures with l= we verify ourselves
+	headersOK bool         // EndHeaders ran
 
 	mu       sync.Mutex
 	pw       *io.PipeWriter
@@ -91,8 +93,11 @@ type DKIMVerifier struct {
 // the library's Verification lacks s=, a= and b=.
 type sigTags struct {
 	res     DKIMResult
+	field   int // index into DKIMVerifier.fields
 	hasL    bool
 	invalid error
+	own     *lengthSig // verified by our code (l=), not by the library
+	ownErr  *sigError  // why the l= signature cannot be verified at all
 }
 
 // NewDKIMVerifier returns a verifier for one message. ctx bounds key
@@ -127,9 +132,13 @@ func (v *DKIMVerifier) AddHeader(name, value string) {
 		v.tooLarge = true
 		return
 	}
+	start := v.header.Len()
 	v.header.WriteString(field)
+	v.fields = append(v.fields, headerField{name: name, start: start, end: v.header.Len() - 2})
 	if strings.EqualFold(name, "DKIM-Signature") {
-		v.sigs = append(v.sigs, parseSigTags(value))
+		st := parseSigTags(value)
+		st.field = len(v.fields) - 1
+		v.sigs = append(v.sigs, st)
 	}
 }
 
@@ -170,31 +179,19 @@ func crlfValue(s string) string {
 	return b.String()
 }
 
-// parseSigTags reads the tag-list of a DKIM-Signature (RFC 6376 §3.2):
-// tags separated by ";", FWS around names and values, no duplicates.
+// parseSigTags reads the tag-list of a DKIM-Signature (RFC 6376 §3.2)
+// for the fields of its result and the checks every signature needs.
 func parseSigTags(value string) sigTags {
 	var st sigTags
 	if len(value) > maxSignatureBytes {
 		st.invalid = errors.New("signature field too large")
 		return st
 	}
-	tags := make(map[string]string)
-	for _, spec := range strings.Split(value, ";") {
-		if strings.TrimSpace(spec) == "" {
-			continue
-		}
-		k, val, ok := strings.Cut(spec, "=")
-		k = strings.TrimSpace(k)
-		if !ok || k == "" {
-			st.invalid = errors.New("malformed tag-list")
-			continue
-		}
-		if _, dup := tags[k]; dup {
-			st.invalid = fmt.Errorf("duplicate tag %q", k) // RFC 6376 §3.2
-			continue
-		}
-		tags[k] = strings.TrimSpace(val)
+	list, err := parseTagList(value)
+	if err != nil {
+		st.invalid = fmt.Errorf("malformed tag-list: %w", err)
 	}
+	tags := tagMap(list)
 	st.res.Selector = stripFWS(tags["s"])
 	st.res.Algorithm = stripFWS(tags["a"])
 	st.res.Identity = stripFWS(tags["i"])
@@ -254,6 +251,31 @@ func (v *DKIMVerifier) EndHeaders() {
 	in := io.MultiReader(bytes.NewReader(v.header.Bytes()), pr)
 	opts := &dkim.VerifyOptions{LookupTXT: v.lookupTXT, MaxVerifications: v.maxSigs}
 	go v.run(in, pr, opts)
+	v.startOwn()
+}
+
+// startOwn prepares our own verification of the signatures with l= within
+// the bound, and starts their key lookups now, so that DNS overlaps with
+// the body. go-msgauth still sees them (its result is ignored): dropping
+// their fields from its stream would break any signature over them.
+func (v *DKIMVerifier) startOwn() {
+	buf := v.header.Bytes()
+	for i := range v.sigs {
+		st := &v.sigs[i]
+		if !st.hasL || st.invalid != nil || i >= v.maxSigs {
+			continue
+		}
+		f := v.fields[st.field]
+		ls, err := newLengthSig(st.field, string(buf[f.start+len(f.name)+1:f.end]))
+		if err != nil {
+			st.ownErr = err.(*sigError)
+			continue
+		}
+		ls.keyDone = make(chan struct{})
+		st.own = ls
+		v.own = append(v.own, ls)
+		go ls.fetchKey(v.ctx, v.lookupTXT)
+	}
 }
 
 func (v *DKIMVerifier) run(in io.Reader, pr *io.PipeReader, opts *dkim.VerifyOptions) {
@@ -288,6 +310,9 @@ func (v *DKIMVerifier) Write(chunk []byte) (int, error) {
 	v.mu.Unlock()
 	if pw == nil || closed {
 		return len(chunk), nil
+	}
+	for _, ls := range v.own {
+		_, _ = ls.body.Write(chunk)
 	}
 	select {
 	case <-verified:
@@ -367,6 +392,10 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 			// RFC 8601 §2.7.1 "policy": signed, but local policy (our bound
 			// on work per message, RFC 6376 §6.1) declined to verify it.
 			r.Result, r.Err = DKIMPolicy, fmt.Errorf("%w: more than %d signatures", ErrDKIMLimit, v.maxSigs)
+		case st.ownErr != nil:
+			r.Result, r.Err = st.ownErr.result, st.ownErr.err
+		case st.own != nil:
+			r.Result, r.Err = v.finishOwn(st.own, waitErr)
 		case verifs == nil || i >= len(verifs) || verifs[i] == nil:
 			if verr == nil {
 				verr = errors.New("no verification result")
@@ -381,11 +410,6 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 				r.Result = DKIMPermError // includes rsa-sha1 and short keys (RFC 8301 §3.1, §3.2)
 			case dkim.IsTempFail(e):
 				r.Result = DKIMTempError
-			case st.hasL:
-				// The library refuses every l= (only part of the body
-				// would be signed, RFC 6376 §8.2): a local policy, not a
-				// broken signature.
-				r.Result = DKIMPolicy
 			default:
 				r.Result = DKIMFail
 			}
@@ -399,6 +423,20 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 		out[i] = r
 	}
 	return out
+}
+
+// finishOwn ends the body of a signature with l= and verifies it, once
+// its key is in; the wait is bounded by ctx.
+func (v *DKIMVerifier) finishOwn(ls *lengthSig, waitErr error) (string, error) {
+	if waitErr != nil {
+		return DKIMTempError, waitErr
+	}
+	select {
+	case <-ls.keyDone:
+	case <-v.ctx.Done():
+		return DKIMTempError, fmt.Errorf("key lookup unfinished: %w", v.ctx.Err())
+	}
+	return ls.verify(v.header.Bytes(), v.fields)
 }
 
 // Abort releases the verifier goroutine and its pipe. It is safe at any

@@ -191,7 +191,7 @@ func TestDKIMVerifier(t *testing.T) {
 		{"key servfail", sign(t, testMessage, "rsa2048", "x.test", "servfail", nil), 0, []want{{"temperror", "x.test", "servfail", "rsa-sha256"}}},
 		{"key timeout wrapped", sign(t, testMessage, "rsa2048", "x.test", "timeout", nil), 0, []want{{"temperror", "x.test", "timeout", "rsa-sha256"}}},
 		{"key unknown error", sign(t, testMessage, "rsa2048", "x.test", "weird", nil), 0, []want{{"temperror", "x.test", "weird", "rsa-sha256"}}},
-		{"l= tag is policy", strings.Replace(good, "DKIM-Signature: ", "DKIM-Signature: l=10; ", 1), 0, []want{{"policy", "x.test", "sel", "rsa-sha256"}}},
+		{"l= added after signing fails", strings.Replace(good, "DKIM-Signature: ", "DKIM-Signature: l=10; ", 1), 0, []want{{"fail", "x.test", "sel", "rsa-sha256"}}},
 		{"missing tag", strings.Replace(good, " bh=", " xh=", 1), 0, []want{{"permerror", "x.test", "sel", "rsa-sha256"}}},
 		{"duplicate tag", strings.Replace(good, "DKIM-Signature: ", "DKIM-Signature: s=sel; ", 1), 0, []want{{"permerror", "x.test", "sel", "rsa-sha256"}}},
 		{"garbage signature then good", "DKIM-Signature: garbage\r\n" + good, 0, []want{
