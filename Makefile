@@ -14,7 +14,7 @@ ifeq ($(CI),true)
 E2E_ENV := DMARC_E2E_REQUIRED=1
 endif
 
-.PHONY: all build test check race fuzz bench clean
+.PHONY: all build test check race fuzz bench clean package
 
 all: build
 
@@ -48,5 +48,23 @@ fuzz:
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
+# .deb and .rpm in dist/ (deploy/nfpm.yaml). The binary is rebuilt without
+# cgo: static, so the .rpm does not depend on the build host's glibc.
+NFPM_VERSION ?= v2.48.0
+NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+# vX.Y.Z tags give X.Y.Z (+N+gSHA past a tag); untagged trees 0.0.0~gitSHA,
+# which sorts below any release in dpkg and rpm.
+PKG_VERSION ?= $(shell v=$$(git describe --tags --match 'v[0-9]*' 2>/dev/null) && echo "$${v\#v}" | tr - + || echo "0.0.0~git$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")
+PKG_ARCH ?= $(shell $(GO) env GOARCH)
+
+package:
+	@for f in deploy/dmarc-milter.toml deploy/OPERATIONS.md deploy/systemd/dmarc-milter.service; do \
+		if [ ! -f "$$f" ]; then echo "make package: $$f is missing (deploy/nfpm.yaml ships it)" >&2; exit 1; fi; \
+	done
+	CGO_ENABLED=0 $(MAKE) build
+	mkdir -p dist
+	PKG_VERSION='$(PKG_VERSION)' PKG_ARCH='$(PKG_ARCH)' $(NFPM) package -f deploy/nfpm.yaml -p deb -t dist/
+	PKG_VERSION='$(PKG_VERSION)' PKG_ARCH='$(PKG_ARCH)' $(NFPM) package -f deploy/nfpm.yaml -p rpm -t dist/
+
 clean:
-	rm -rf bin
+	rm -rf bin dist
