@@ -402,6 +402,7 @@ func serve(args []string, stderr io.Writer) int {
 func reload(srv *milter.Server, args []string, configPath string, cur Settings, stderr io.Writer, logger *slog.Logger) {
 	st, _, err := loadSettings(args, io.Discard)
 	if err != nil {
+		srv.Metrics().Reloaded(false)
 		logger.Error("reload failed; keeping the running configuration", "config", configPath, "err", err)
 		return
 	}
@@ -409,8 +410,10 @@ func reload(srv *milter.Server, args []string, configPath string, cur Settings, 
 		logger.Warn("reload: listen, dns, spec and psl changes need a restart; other settings applied")
 	}
 	if err := srv.SetConfig(st.Milter); err != nil {
+		srv.Metrics().Reloaded(false)
 		logger.Error("reload failed; keeping the running configuration", "err", err)
 		return
 	}
+	srv.Metrics().Reloaded(true)
 	logger.Info("configuration reloaded", "config", configPath)
 }

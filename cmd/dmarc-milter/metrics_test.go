@@ -9,9 +9,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -453,5 +456,62 @@ func TestLabelEscaping(t *testing.T) {
 	got, err := parseExposition(b.String())
 	if err != nil || len(got) != 1 {
 		t.Fatalf("%v %v", got, err)
+	}
+}
+
+// TestDaemonMetrics runs the daemon binary with metrics_listen: the
+// listener comes up with serve, counts a message and the SIGHUP reloads
+// (one good, one bad file), and goes away when the daemon stops.
+func TestDaemonMetrics(t *testing.T) {
+	dns := startDNS(t)
+	cfgPath := filepath.Join(t.TempDir(), "dmarc-milter.toml")
+	murl := "http://" + freePort(t)
+	good := fmt.Sprintf("dns = [%q]\nauthserv_id = \"lab.test\"\ndns_timeout = \"500ms\"\nmetrics_listen = %q\n", dns, strings.TrimPrefix(murl, "http://"))
+	if err := os.WriteFile(cfgPath, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, cfgPath)
+	f := &metricsFixture{url: murl}
+	waitFor(t, func() bool {
+		resp, err := http.Get(murl + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == 200
+	}, "/healthz of the daemon")
+
+	if act, err := sendSpoof(d.addr, 0); err != nil || act.SMTPCode != 550 {
+		t.Fatalf("spoof: %+v %v", act, err)
+	}
+	if got := f.scrape(t)[`dmarc_milter_messages_total{dmarc="fail",action="reject"}`]; got != 1 {
+		t.Errorf("daemon counted %v rejects, want 1", got)
+	}
+
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return f.scrape(t)[`dmarc_milter_config_reloads_total{result="success"}`] == 1 }, "one successful reload")
+	if err := os.WriteFile(cfgPath, []byte("mode = \"sometimes\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return f.scrape(t)[`dmarc_milter_config_reloads_total{result="failure"}`] == 1 }, "one failed reload")
+
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.done:
+		d.done <- err
+		if err != nil {
+			t.Errorf("exit: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not exit after SIGTERM")
+	}
+	if _, err := http.Get(murl + "/healthz"); err == nil {
+		t.Error("metrics listener outlived the daemon")
 	}
 }
