@@ -39,6 +39,23 @@ func daemonBinary(t *testing.T) string {
 	return bin
 }
 
+// daemonConfigArgs returns "-config DMARC_MILTER_CONFIG" when that is set,
+// so CI runs the installed binary with the installed configuration file
+// (flags still override it: defaults < file < flags). The log goes to
+// stderr for the test to show, and the metrics listener stays off since
+// two daemons run at once and would both bind it.
+func daemonConfigArgs(t *testing.T) []string {
+	t.Helper()
+	path := os.Getenv("DMARC_MILTER_CONFIG")
+	if path == "" {
+		return nil
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("DMARC_MILTER_CONFIG: %v", err)
+	}
+	return []string{"-config", path, "-log-output", "stderr", "-metrics-listen", ""}
+}
+
 // startDNS serves testdata/e2e/zone.json in-process until the test ends.
 func startDNS(t *testing.T) string {
 	t.Helper()
@@ -75,7 +92,8 @@ func startDaemon(t *testing.T, bin, name string, args ...string) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, append([]string{"serve", "-listen", "inet:" + addr}, args...)...)
+	base := append([]string{"serve", "-listen", "inet:" + addr}, daemonConfigArgs(t)...)
+	cmd := exec.Command(bin, append(base, args...)...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {

@@ -16,7 +16,8 @@
 // The tests run only as root with Postfix installed, and skip otherwise;
 // with DMARC_E2E_REQUIRED=1 (set by `make test` in CI) a missing Postfix is
 // a failure. DMARC_MILTER_BIN selects an installed daemon binary instead of
-// building ./cmd/dmarc-milter.
+// building ./cmd/dmarc-milter, and DMARC_MILTER_CONFIG a configuration file
+// for it (the scenario's flags override the file).
 //
 // milter_default_action is accept in the test instance, as operators
 // usually run it: a milter that is down must then show up as a missing
