@@ -286,6 +286,7 @@ func unsetKeys(fc *fileConfig) []string {
 type tomlKey struct {
 	name  string // "mode", "local_policy.allow_from"
 	unset bool   // a nil pointer in fc
+	table bool   // a [table] of further keys
 }
 
 // walkKeys lists every key the loader accepts, by the toml tags of
@@ -303,9 +304,9 @@ func walkKeys(fc *fileConfig) []tomlKey {
 			}
 			f := v.Field(i)
 			if f.Kind() == reflect.Pointer && f.Type().Elem().Kind() == reflect.Struct && f.Type().Elem() != reflect.TypeFor[duration]() {
+				out = append(out, tomlKey{name: prefix + name, unset: f.IsNil(), table: true})
 				if f.IsNil() {
 					f = reflect.New(f.Type().Elem())
-					out = append(out, tomlKey{name: prefix + name, unset: true})
 				}
 				walk(prefix+name+".", f.Elem())
 				continue
