@@ -5,6 +5,10 @@
 -- sends them: leading space kept, folded lines with LF only).
 dofile(DATA)
 
+-- Every reply within 30 s instead of miltertest's 10: a loaded CI machine
+-- must not fail a script, while a daemon that never answers still does.
+mt.set_timeout(30)
+
 -- Every check raises a Lua error, which makes miltertest exit nonzero.
 function check(cond, what)
 	if not cond then
