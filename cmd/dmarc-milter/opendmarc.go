@@ -147,19 +147,19 @@ func fromOpenDMARCCmd(args []string, stdout, stderr io.Writer) int {
 	for _, l := range report {
 		fmt.Fprintln(stderr, l)
 	}
-	if out != nil {
-		stdout.Write(out)
-	}
 	if err != nil {
-		fmt.Fprintf(stderr, "dmarc-milter config from-opendmarc: %v\n", err)
+		// No partial configuration on stdout: redirected to a file it
+		// would load and silently run on our defaults where OpenDMARC's
+		// settings could not be read (RejectFailures garbled, say).
+		fmt.Fprintf(stderr, "dmarc-milter config from-opendmarc: %v; no configuration written\n", err)
 		return 1
 	}
+	stdout.Write(out)
 	return 0
 }
 
-// convertOpenDMARC returns the TOML and the report. With an error the TOML
-// may still be returned (all that could be converted) so the operator sees
-// the whole picture.
+// convertOpenDMARC returns the TOML and the report. With an error the
+// report is still complete, so that the operator sees every problem at once.
 func convertOpenDMARC(path string) ([]byte, []string, error) {
 	f, err := os.Open(path)
 	if err != nil {

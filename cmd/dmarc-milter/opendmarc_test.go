@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// loadConverted writes converted TOML to a file and loads it with config
+// check. A psl path missing on this host (Debian's publicsuffix package is
+// not installed everywhere) is pointed at the policy test list, so that
+// the rest of the file is still checked.
+func loadConverted(t *testing.T, toml []byte) (Settings, string) {
+	t.Helper()
+	const debPSL = "/usr/share/publicsuffix/public_suffix_list.dat"
+	if _, err := os.Stat(debPSL); err != nil {
+		toml = bytes.ReplaceAll(toml, []byte(`psl = "`+debPSL+`"`), []byte(`psl = "../../policy/testdata/psl.dat"`))
+	}
+	p := filepath.Join(t.TempDir(), "converted.toml")
+	if err := os.WriteFile(p, toml, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	if rc := configCmd([]string{"check", p}, &out, &errb); rc != 0 {
+		t.Fatalf("config check of the converted file: rc %d: %s\n%s", rc, errb.String(), toml)
+	}
+	st, err := checkSettings(p, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, p
+}
+
+// TestFromOpenDMARCGolden converts Debian 12's own opendmarc.conf, a busy
+// site's configuration with an IgnoreHosts dataset, and a broken one;
+// compares stdout and stderr with golden files; and loads each result with
+// config check to see that the behaviour carried over.
+func TestFromOpenDMARCGolden(t *testing.T) {
+	for _, name := range []string{"debian12", "site", "bad"} {
+		t.Run(name, func(t *testing.T) {
+			conf := filepath.Join("testdata", "opendmarc", name+"-opendmarc.conf")
+			var out, errb bytes.Buffer
+			rc := run([]string{"config", "from-opendmarc", conf}, &out, &errb)
+			if (name == "bad") != (rc == 1) || (rc != 0 && rc != 1) || (rc == 1 && out.Len() != 0) {
+				t.Fatalf("rc %d: %s", rc, errb.String())
+			}
+			goldenCompare(t, filepath.Join("testdata", "opendmarc", name+".toml.golden"), out.Bytes())
+			goldenCompare(t, filepath.Join("testdata", "opendmarc", name+".report.golden"), errb.Bytes())
+			if rc != 0 {
+				return
+			}
+			st, _ := loadConverted(t, out.Bytes())
+			mc := st.Milter
+			switch name {
+			case "debian12":
+				// Debian's file sets no RejectFailures: OpenDMARC never
+				// rejected, and neither may we after the switch.
+				if mc.Mode != "monitor" || st.Listen != "local:/run/opendmarc/opendmarc.sock" || st.SocketMode != 0o664 ||
+					st.LogOutput != "syslog" || st.Spec != "rfc7489" || mc.SkipAuthenticated || mc.OnMalformedFrom != "accept" ||
+					!slices.Equal(mc.TrustedNetworks, []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}) {
+					t.Errorf("debian12 converted to %+v", st)
+				}
+			case "site":
+				want := []string{"127.0.0.1/32", "::1/128", "192.0.2.25/32", "2001:db8:25::/48", "198.51.100.0/24", "10.0.0.0/8"}
+				var got []string
+				for _, p := range mc.TrustedNetworks {
+					got = append(got, p.String())
+				}
+				if !slices.Equal(got, want) {
+					t.Errorf("trusted networks %v, want %v", got, want)
+				}
+				if _, ok := mc.Local.AllowFrom.Match("partner.example"); !ok || mc.Mode != "enforce" || mc.AuthServID != "mx1.hosting.example" ||
+					st.SocketGroup != "postfix" || st.DNSTimeout.Seconds() != 5 || mc.OnMalformedFrom != "reject" || mc.Quarantine != "tag" {
+					t.Errorf("site converted to %+v", st)
+				}
+				if len(mc.TrustedARC) != 0 {
+					t.Errorf("TrustedAuthservIDs must only be suggested, got %v", mc.TrustedARC)
+				}
+			}
+		})
+	}
+}
+
+// TestFromOpenDMARCEveryKey: every key OpenDMARC knows, and one it does
+// not, gets its own report line naming its line: nothing vanishes.
+func TestFromOpenDMARCEveryKey(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte("192.0.2.1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	values := map[string]string{
+		"AuthservID": "mx.example.com", "TrustedAuthservIDs": "mx.example.com,relay.example",
+		"Socket": "local:/run/x.sock", "UMask": "007", "UserID": "opendmarc", "IgnoreHosts": "hosts",
+		"IgnoreMailFrom": "a.example", "DNSTimeout": "3", "PublicSuffixList": "../../policy/testdata/psl.dat",
+		"SyslogFacility": "mail", "AutoRestartRate": "10/1h", "AutoRestartCount": "3", "DomainWhitelistSize": "10",
+		"MilterDebug": "1", "BaseDirectory": dir, "ChangeRootDirectory": "/var/chroot",
+	}
+	var conf strings.Builder
+	for _, k := range openDMARCKeys {
+		v, ok := values[k]
+		if !ok {
+			v = "true"
+		}
+		// Mixed case and tabs, as OpenDMARC accepts them.
+		fmt.Fprintf(&conf, "%s\t %s  # comment\n", strings.ToUpper(k[:1])+strings.ToLower(k[1:]), v)
+	}
+	conf.WriteString("NoSuchKey yes\n\n# done\n")
+	p := filepath.Join(dir, "opendmarc.conf")
+	if err := os.WriteFile(p, []byte(conf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, report, err := convertOpenDMARC(p)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, strings.Join(report, "\n"))
+	}
+	for i, k := range append(slices.Clone(openDMARCKeys), "NoSuchKey") {
+		prefix := fmt.Sprintf("%s:%d: %s: ", p, i+1, k)
+		n := 0
+		for _, l := range report {
+			if strings.HasPrefix(l, prefix) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s: %d report lines, want 1", k, n)
+		}
+	}
+	if len(report) != len(openDMARCKeys)+1 {
+		t.Errorf("%d report lines for %d keys (every key set, so no defaults to report):\n%s", len(report), len(openDMARCKeys)+1, strings.Join(report, "\n"))
+	}
+	st, _ := loadConverted(t, out)
+	if st.SocketMode != 0o660 || st.Listen != "local:/run/x.sock" || st.Milter.Quarantine != "hold" || !st.Milter.RejectMultiDomainFrom {
+		t.Errorf("converted to %+v", st)
+	}
+}
+
+func TestParseOpenDMARC(t *testing.T) {
+	keys, err := parseOpenDMARC(strings.NewReader("  socket\tinet:8893@[127.0.0.1]\t \r\n# x\nRejectString rejected by DMARC policy for %s # why\nPidFile\n\t\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []odKey{{"Socket", "inet:8893@[127.0.0.1]", 1}, {"RejectString", "rejected by DMARC policy for %s", 3}, {"PidFile", "", 4}}
+	if !slices.Equal(keys, want) {
+		t.Errorf("got %+v, want %+v", keys, want)
+	}
+	for v, want := range map[string]bool{"true": true, "Yes": true, "1": true, "False": false, "no": false, "0": false} {
+		if got, err := odBool(v); err != nil || got != want {
+			t.Errorf("odBool(%q) = %v, %v", v, got, err)
+		}
+	}
+	if _, err := odBool("maybe"); err == nil {
+		t.Error("odBool(maybe) accepted")
+	}
+}
+
+func TestODPrefix(t *testing.T) {
+	tests := []struct {
+		in, want string
+	}{
+		{"192.0.2.1", "192.0.2.1/32"},
+		{"192.0.2.0/24", "192.0.2.0/24"},
+		{"192.0.2.77/24", "192.0.2.0/24"},
+		{"10.1.0.0/255.255.0.0", "10.1.0.0/16"},
+		{"10.0.0.0/255.0.255.0", ""},
+		{"0.0.0.0/0.0.0.0", "0.0.0.0/0"},
+		{"::1", "::1/128"},
+		{"[2001:db8::]/32", "2001:db8::/32"},
+		{"2001:db8::/129", ""},
+		{"::ffff:192.0.2.1", "192.0.2.1/32"},
+		{"mail.example.com", ""},
+		{"10.0.0.0/x", ""},
+	}
+	for _, tt := range tests {
+		p, ok := odPrefix(tt.in)
+		got := ""
+		if ok {
+			got = p.Masked().String()
+		}
+		if got != tt.want {
+			t.Errorf("odPrefix(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestTOMLString(t *testing.T) {
+	for in, want := range map[string]string{`a"b\c`: `"a\"b\\c"`, "tab\there": `"tab\u0009here"`, "é": `"é"`} {
+		if got := tomlString(in); got != want {
+			t.Errorf("tomlString(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+func TestFromOpenDMARCUsage(t *testing.T) {
+	var errb bytes.Buffer
+	if rc := run([]string{"config", "from-opendmarc"}, io.Discard, &errb); rc != 2 {
+		t.Errorf("no file: rc %d", rc)
+	}
+	if rc := run([]string{"config", "from-opendmarc", "/nonexistent/opendmarc.conf"}, io.Discard, &errb); rc != 1 {
+		t.Errorf("missing file: rc %d", rc)
+	}
+}
