@@ -155,7 +155,7 @@ func isAtext(c byte) bool {
 }
 
 // lex splits the input into tokens, dropping CFWS but remembering where it
-// was (obs-domain with inner CFWS is refused below). On a lexical error the
+// was. On a lexical error the
 // token list ends with a tErr token, so everything before it still parses.
 func (p *addrParser) lex() {
 	in := p.in
@@ -441,12 +441,14 @@ func (p *addrParser) domain() (string, error) {
 	if t.kind != tAtom {
 		return "", p.syntax(t, "expected domain")
 	}
-	start, end := t.start, t.end
-	contiguous := true
+	// RFC 5322 §4.4 obs-domain allows CFWS around every atom, and §4
+	// says a receiver MUST accept it: "ceo @ bank . test" is bank.test.
+	// Refusing it would let such a From skip the domain's policy wherever
+	// a malformed From is accepted; the labels are joined with the CFWS
+	// (comments included) left out.
+	labels := []string{t.text}
 	for p.peek().is(".") {
-		dot := p.next()
-		contiguous = contiguous && !dot.cfwsBf
-		end = dot.end
+		p.next()
 		n := p.peek()
 		if n.kind != tAtom {
 			// One trailing dot: the absolute form of the name; treating it
@@ -454,16 +456,9 @@ func (p *addrParser) domain() (string, error) {
 			break
 		}
 		p.next()
-		contiguous = contiguous && !n.cfwsBf
-		end = n.end
+		labels = append(labels, n.text)
 	}
-	if !contiguous {
-		// obs-domain with comments or folding between labels (RFC 5322
-		// §4.4): legal but only seen in attacks; refuse to guess a name
-		// that does not appear in the field.
-		return "", nil
-	}
-	raw := p.in[start:end]
+	raw := strings.Join(labels, ".")
 	if !utf8.ValidString(raw) {
 		// idna maps invalid UTF-8 to U+FFFD, which would invent a name.
 		return "", nil
