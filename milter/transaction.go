@@ -281,6 +281,7 @@ func (t *Transaction) decide() *Decision {
 		in.DKIM = append(in.DKIM, policy.AuthResult{Result: r.Result, Domain: r.Domain, Selector: r.Selector})
 	}
 
+	d.Action = ActionAccept
 	switch {
 	case t.authorErr != nil || len(t.author.Domains) == 0:
 		// RFC 9989 §4.4 / RFC 7489 §6.6.1: without a usable Author
@@ -296,10 +297,15 @@ func (t *Transaction) decide() *Decision {
 		if t.cfg.OnMalformedFrom == "reject" && t.mode != "monitor" {
 			d.Action = ActionReject
 			d.Reply = "550 5.7.1 Message rejected: " + why
-		} else {
-			d.Action = ActionAccept
+			return d
 		}
-		return d
+		if len(t.author.Domains) == 0 {
+			return d
+		}
+		// Accepted anyway, but the mailboxes that do name a domain are
+		// still evaluated: "ceo@bank.test, x@[192.0.2.1]" must not get
+		// past bank.test's p=reject because its second mailbox is
+		// unusable (AuthorDomains keeps what was usable for this).
 	case len(t.author.Domains) > 1 && t.cfg.RejectMultiDomainFrom && t.mode != "monitor":
 		d.Why = "From names several domains"
 		d.Action = ActionReject
@@ -310,7 +316,6 @@ func (t *Transaction) decide() *Decision {
 		return d
 	}
 
-	d.Action = ActionAccept
 	for i, dom := range t.author.Domains {
 		if i >= maxAuthorDomains {
 			break
@@ -342,7 +347,7 @@ func (t *Transaction) decide() *Decision {
 		}
 	}
 	if t.mode == "monitor" && d.Action != ActionAccept {
-		d.Why = "monitor mode: would " + string(d.Action)
+		d.Why = strings.TrimPrefix(d.Why+"; monitor mode: would "+string(d.Action), "; ")
 		d.Action, d.Reply = ActionAccept, ""
 	}
 	return d

@@ -1,0 +1,78 @@
+package milter
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// TestPartlyUnusableFrom: a From with one usable and one unusable mailbox.
+// Whatever the malformed-From setting, the usable domain's policy still
+// applies; accepting malformed From must not switch DMARC off for it.
+func TestPartlyUnusableFrom(t *testing.T) {
+	zone := dnstest.NewZone(dnstest.Options{})
+	if err := zone.Add(
+		dnstest.Record{Name: "_dmarc.bank.test", Type: "TXT", Value: "v=DMARC1; p=reject"},
+		dnstest.Record{Name: "_dmarc.open.test", Type: "TXT", Value: "v=DMARC1; p=none"},
+	); err != nil {
+		t.Fatal(err)
+	}
+	base := DefaultConfig()
+	base.AuthServID = "lab.test"
+	base.MessageTimeout = 3 * time.Second
+	tm := startMilter(t, base, zone, policy.Options{})
+
+	tests := []struct {
+		name      string
+		malformed string // OnMalformedFrom
+		mode      string
+		from      []string
+		action    Action
+		dmarc     []string // dmarc results in the A-R, in order
+		why       string
+	}{
+		{"reject setting", "reject", "enforce", []string{"ceo@bank.test, x@[192.0.2.1]"}, ActionReject, []string{"permerror"}, "no usable From domain"},
+		{"accept setting: bank.test still rejects", "accept", "enforce", []string{"ceo@bank.test, x@[192.0.2.1]"}, ActionReject, []string{"permerror", "fail"}, "no usable From domain"},
+		{"accept setting: second field without domain", "accept", "enforce", []string{"ceo@bank.test", "nobody"}, ActionReject, []string{"permerror", "fail"}, "no usable From domain"},
+		{"accept setting: p=none domain delivered", "accept", "enforce", []string{"a@open.test, b@"}, ActionAccept, []string{"permerror", "fail"}, "no usable From domain"},
+		{"accept setting: nothing usable", "accept", "enforce", []string{"undisclosed-recipients:;"}, ActionAccept, []string{"permerror"}, "no usable From domain"},
+		{"monitor keeps both reasons", "reject", "monitor", []string{"ceo@bank.test, x@[192.0.2.1]"}, ActionAccept, []string{"permerror", "fail"}, "no usable From domain; monitor mode: would reject"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := base
+			cfg.OnMalformedFrom = tt.malformed
+			cfg.Mode = tt.mode
+			tx := tm.srv.Begin(&cfg, ConnInfo{Host: "mx.attacker.example.org", IP: net.ParseIP("198.51.100.1"), Helo: "mx.attacker.example.org"}, "x@attacker.example.org", "")
+			for _, f := range tt.from {
+				tx.AddHeader("From", " "+f)
+			}
+			tx.AddHeader("Subject", " test")
+			tx.EndHeaders()
+			tx.WriteBody([]byte("body\r\n"))
+			d := tx.Finish()
+			if d.Action != tt.action {
+				t.Errorf("action %s (%s), want %s", d.Action, d.Reply, tt.action)
+			}
+			var got []string
+			for _, ev := range d.Evals {
+				got = append(got, string(ev.Result))
+			}
+			if strings.Join(got, ",") != strings.Join(tt.dmarc, ",") {
+				t.Errorf("dmarc results %v, want %v\nA-R: %s", got, tt.dmarc, d.AuthResults)
+			}
+			if d.Why != tt.why {
+				t.Errorf("why %q, want %q", d.Why, tt.why)
+			}
+			for _, r := range tt.dmarc {
+				if !strings.Contains(d.AuthResults, "dmarc="+r) {
+					t.Errorf("A-R lacks dmarc=%s: %s", r, d.AuthResults)
+				}
+			}
+		})
+	}
+}
