@@ -51,13 +51,13 @@ func lengthLookup(t testing.TB) *keyLookup {
 	_, rsaRec := loadKey(t, "rsa2048")
 	_, edRec := loadKey(t, "ed25519")
 	return &keyLookup{records: map[string][]string{
-		"sel._domainkey.x.test":  {rsaRec},
-		"ed._domainkey.x.test":   {edRec},
-		"sel._domainkey.r.test":  {rsaRec},
-		"two._domainkey.x.test":  {rsaRec, rsaRec},
-		"junk._domainkey.x.test": {"v=DKIM1; k=rsa; p=!!!not base64!!!"},
-		"rev._domainkey.x.test":  {"v=DKIM1; k=rsa; p="},
-		"kind._domainkey.x.test": {"v=DKIM1; k=ed25519; " + strings.TrimPrefix(rsaRec, "v=DKIM1; k=rsa; ")},
+		"sel._domainkey.x.test":    {rsaRec},
+		"ed._domainkey.x.test":     {edRec},
+		"sel._domainkey.r.test":    {rsaRec},
+		"two._domainkey.x.test":    {rsaRec, rsaRec},
+		"junk._domainkey.x.test":   {"v=DKIM1; k=rsa; p=!!!not base64!!!"},
+		"rev._domainkey.x.test":    {"v=DKIM1; k=rsa; p="},
+		"kind._domainkey.x.test":   {"v=DKIM1; k=ed25519; " + strings.TrimPrefix(rsaRec, "v=DKIM1; k=rsa; ")},
 		"strict._domainkey.x.test": {strings.Replace(rsaRec, "v=DKIM1;", "v=DKIM1; t=s;", 1)},
 	}, errs: map[string]error{
 		"fail._domainkey.x.test": &net.DNSError{Err: "SERVFAIL", IsTemporary: true},
