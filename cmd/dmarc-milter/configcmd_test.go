@@ -41,6 +41,8 @@ func hostLine(b []byte) []byte {
 	return bytes.ReplaceAll(b, []byte(fmt.Sprintf("authserv_id = %q\n", h)), []byte("authserv_id = \"<hostname>\"\n"))
 }
 
+var resolvWarning = regexp.MustCompile(`(?m)^warning: dns is empty and /etc/resolv.conf is unusable.*\n`)
+
 func runConfig(args ...string) (rc int, stdout, stderr []byte) {
 	var out, errb bytes.Buffer
 	rc = run(append([]string{"config"}, args...), &out, &errb)
@@ -71,6 +73,9 @@ func TestConfigCheckGolden(t *testing.T) {
 			if rc == 1 && (len(out) != 0 || !bytes.HasPrefix(errb, []byte("dmarc-milter config check: "+f))) {
 				t.Errorf("an error must name the file first and print no configuration: %q %q", out, errb)
 			}
+			// Whether this host's resolv.conf is usable is not the file's
+			// business.
+			errb = resolvWarning.ReplaceAll(errb, nil)
 			got := fmt.Appendf(nil, "rc %d\n--- stdout\n%s--- stderr\n%s", rc, hostLine(out), errb)
 			goldenCompare(t, filepath.Join("testdata", "config", name+".golden"), got)
 		})

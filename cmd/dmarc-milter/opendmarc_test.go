@@ -205,3 +205,48 @@ func TestFromOpenDMARCUsage(t *testing.T) {
 		t.Errorf("missing file: rc %d", rc)
 	}
 }
+
+// FuzzFromOpenDMARC: any opendmarc.conf converts without a panic, and a
+// conversion reported as successful always loads as our configuration.
+func FuzzFromOpenDMARC(f *testing.F) {
+	for _, name := range []string{"debian12", "site", "bad"} {
+		b, err := os.ReadFile(filepath.Join("testdata", "opendmarc", name+"-opendmarc.conf"))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte("Socket inet:0@[::1]\nUMask 0x1ff\nIgnoreMailFrom ,,\nAuthservID a;b\n"))
+	dir := f.TempDir()
+	hosts, err := os.ReadFile(filepath.Join("testdata", "opendmarc", "ignore.hosts"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ignore.hosts"), hosts, 0o600); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, conf []byte) {
+		p := filepath.Join(t.TempDir(), "opendmarc.conf")
+		// BaseDirectory is forced so that IgnoreHosts reads only our file.
+		data := append(conf, []byte("\nBaseDirectory "+dir+"\n")...)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, report, err := convertOpenDMARC(p)
+		if len(report) == 0 {
+			t.Fatal("no report")
+		}
+		if err != nil {
+			return
+		}
+		q := filepath.Join(t.TempDir(), "converted.toml")
+		out = bytes.ReplaceAll(out, []byte("\npsl = "), []byte("\n# psl = "))
+		if err := os.WriteFile(q, out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		fs, _ := flagSet(io.Discard)
+		if _, err := settingsFrom(fs, q); err != nil {
+			t.Fatalf("converted without error but does not load: %v\n%s", err, out)
+		}
+	})
+}
