@@ -106,6 +106,7 @@ type Evaluation struct {
 	AlignedDomain string // the identifier that produced pass, if any
 	Overrides     []Override
 	Reasons       []string // human-readable trace lines, in order
+	Discarded     []string // records discarded during discovery (Discovery.Discarded)
 	Err           error    // why temperror/permerror, wrapped sentinel
 }
 

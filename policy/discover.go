@@ -16,6 +16,10 @@ const walkLimit = 8
 // maxTrace bounds the trace of one evaluation.
 const maxTrace = 64
 
+// maxDiscarded bounds the discard notes of one discovery (they go into a
+// header comment).
+const maxDiscarded = 4
+
 // Evaluator discovers DMARC policies and evaluates messages against them.
 // It is safe for concurrent use; it keeps no state between messages (the
 // Resolver caches).
@@ -72,7 +76,20 @@ type Discovery struct {
 	// (temperror); nil otherwise, also when no record exists.
 	Err   error
 	Trace []string
+	// Discarded says, in a few words each, which records were discarded
+	// on the way (several DMARC records at one name, an unusable record,
+	// TXT records that are not DMARC records), for the A-R comment.
+	Discarded []string
 }
+
+// tlog is where discovery steps write: the trace, and the short notes on
+// discarded records (nil where nobody reads them).
+type tlog struct {
+	lines     *[]string
+	discarded *[]string
+}
+
+func (d *Discovery) log() tlog { return tlog{&d.Trace, &d.Discarded} }
 
 func (d *Discovery) tracef(format string, args ...any) {
 	if len(d.Trace) < maxTrace {
@@ -110,7 +127,7 @@ func (e *Evaluator) discover7489(ctx context.Context, d *Discovery) {
 		names = append(names, d.OrgDomain) // RFC 7489 §6.6.3 step 3
 	}
 	for _, name := range names {
-		rec, err := e.fetch(ctx, name, &d.Trace)
+		rec, err := e.fetch(ctx, name, d.log())
 		switch {
 		case errors.Is(err, ErrMultipleRecords):
 			// RFC 7489 §6.6.3 step 5: DMARC processing is not applied.
@@ -129,7 +146,7 @@ func (e *Evaluator) discover7489(ctx context.Context, d *Discovery) {
 // discover9989 is RFC 9989 §4.10.1.
 func (e *Evaluator) discover9989(ctx context.Context, d *Discovery) {
 	from := d.FromDomain
-	rec, err := e.fetch(ctx, from, &d.Trace)
+	rec, err := e.fetch(ctx, from, d.log())
 	switch {
 	case errors.Is(err, ErrMultipleRecords):
 		// RFC 9989 §4.10 step 2: all discarded, the walk goes on.
@@ -149,7 +166,7 @@ func (e *Evaluator) discover9989(ctx context.Context, d *Discovery) {
 		}
 		// The policy is known; the rest of the walk only finds the
 		// Organizational Domain for relaxed alignment (RFC 9989 §4.10.2).
-		steps, werr := e.walkFrom(ctx, from, &d.Trace)
+		steps, werr := e.walkFrom(ctx, from, d.log())
 		if werr != nil {
 			d.OrgErr = werr
 			d.tracef("organizational domain unknown: %v", werr)
@@ -163,7 +180,7 @@ func (e *Evaluator) discover9989(ctx context.Context, d *Discovery) {
 	// No usable record at the Author Domain: the DNS Tree Walk. Any
 	// temporary failure could hide the record that would apply, so it is
 	// a temperror (RFC 9989 §5.3.6).
-	steps, werr := e.walkFrom(ctx, from, &d.Trace)
+	steps, werr := e.walkFrom(ctx, from, d.log())
 	if werr != nil {
 		d.Err = werr
 		return
@@ -238,7 +255,7 @@ func walkTargets(start string, budget int) []string {
 // walkFrom continues a DNS Tree Walk above start (whose own query the
 // caller made). It stops at a record with a psd tag (RFC 9989 §4.10 step
 // 6) and at the first DNS failure, which it returns.
-func (e *Evaluator) walkFrom(ctx context.Context, start string, trace *[]string) ([]walkStep, error) {
+func (e *Evaluator) walkFrom(ctx context.Context, start string, trace tlog) ([]walkStep, error) {
 	var steps []walkStep
 	for _, name := range walkTargets(start, e.maxWalk-1) {
 		rec, err := e.fetch(ctx, name, trace)
@@ -298,10 +315,10 @@ func (e *Evaluator) OrgDomain(ctx context.Context, name string) (string, error) 
 		return "", fmt.Errorf("%w: %q", ErrNoAuthorDomain, clip(name))
 	}
 	var discard []string
-	return e.orgDomain(ctx, n, &discard)
+	return e.orgDomain(ctx, n, tlog{lines: &discard})
 }
 
-func (e *Evaluator) orgDomain(ctx context.Context, name string, trace *[]string) (string, error) {
+func (e *Evaluator) orgDomain(ctx context.Context, name string, trace tlog) (string, error) {
 	if e.spec == SpecRFC7489 {
 		return pslOrgDomain(e.psl, name), nil
 	}
@@ -327,11 +344,16 @@ func (e *Evaluator) orgDomain(ctx context.Context, name string, trace *[]string)
 // (nil, nil) means no record: NXDOMAIN, NODATA or no TXT that starts with
 // v=DMARC1. Errors wrap ErrMultipleRecords (RFC 9989 §4.10 step 2: all
 // discarded), ErrSyntax (one record, unusable) or ErrDNS (temporary).
-func (e *Evaluator) fetch(ctx context.Context, name string, trace *[]string) (*Record, error) {
+func (e *Evaluator) fetch(ctx context.Context, name string, trace tlog) (*Record, error) {
 	q := "_dmarc." + name
 	tr := func(format string, args ...any) {
-		if len(*trace) < maxTrace {
-			*trace = append(*trace, q+": "+fmt.Sprintf(format, args...))
+		if len(*trace.lines) < maxTrace {
+			*trace.lines = append(*trace.lines, q+": "+fmt.Sprintf(format, args...))
+		}
+	}
+	discarded := func(format string, args ...any) {
+		if trace.discarded != nil && len(*trace.discarded) < maxDiscarded {
+			*trace.discarded = append(*trace.discarded, fmt.Sprintf(format, args...)+" at "+q)
 		}
 	}
 	if len(q) > 253 {
@@ -368,17 +390,20 @@ func (e *Evaluator) fetch(ctx context.Context, name string, trace *[]string) (*R
 	case len(dmarc) == 0:
 		if others > 0 {
 			tr("%d TXT record(s), none a DMARC record", others)
+			discarded("discarded %d non-DMARC TXT", others)
 		} else {
 			tr("no TXT record")
 		}
 		return nil, nil
 	case len(dmarc) > 1:
 		tr("%d DMARC records, all discarded", len(dmarc))
+		discarded("discarded %d DMARC records", len(dmarc))
 		return nil, fmt.Errorf("%w at %s", ErrMultipleRecords, q)
 	}
 	rec, err := ParseRecord(dmarc[0], e.spec)
 	if err != nil {
 		tr("unusable record: %v", err)
+		discarded("discarded unusable record")
 		return nil, fmt.Errorf("%s: %w", q, err)
 	}
 	tr("record %q", clipN(rec.Raw, 200))

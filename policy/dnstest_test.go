@@ -139,3 +139,56 @@ func TestEvaluateOverDNS(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscardedNotes: every record discovery throws away is named in
+// Discarded (for the A-R comment), in both spec modes; records that are
+// used or merely ignored tags are not.
+func TestDiscardedNotes(t *testing.T) {
+	z := dnstest.NewZone(dnstest.Options{})
+	err := z.Add(
+		dnstest.Record{Name: "_dmarc.two.test", Type: "TXT", Value: "v=DMARC1; p=reject"},
+		dnstest.Record{Name: "_dmarc.two.test", Type: "TXT", Value: "v=DMARC1; p=none"},
+		dnstest.Record{Name: "_dmarc.sub.up.test", Type: "TXT", Value: "v=DMARC1; p=none"},
+		dnstest.Record{Name: "_dmarc.sub.up.test", Type: "TXT", Value: "v=DMARC1; p=quarantine"},
+		dnstest.Record{Name: "_dmarc.up.test", Type: "TXT", Value: "v=DMARC1; p=reject"},
+		dnstest.Record{Name: "_dmarc.txt.test", Type: "TXT", Value: "google-site-verification=x"},
+		dnstest.Record{Name: "_dmarc.txt.test", Type: "TXT", Value: "v=dmarc1; p=reject"},
+		dnstest.Record{Name: "_dmarc.bad.test", Type: "TXT", Value: "v=DMARC1; p=bogus"},
+		dnstest.Record{Name: "_dmarc.fine.test", Type: "TXT", Value: "v=DMARC1; p=reject; x=unknown"},
+		dnstest.Record{Name: "_dmarc.fine.test", Type: "TXT", Value: "other"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dnstest.Start(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	tests := []struct {
+		spec   Spec
+		from   string
+		result Result
+		want   []string
+	}{
+		{SpecRFC7489, "two.test", ResultNone, []string{"discarded 2 DMARC records at _dmarc.two.test"}},
+		{SpecRFC9989, "two.test", ResultNone, []string{"discarded 2 DMARC records at _dmarc.two.test"}},
+		{SpecRFC7489, "sub.up.test", ResultNone, []string{"discarded 2 DMARC records at _dmarc.sub.up.test"}},
+		{SpecRFC9989, "sub.up.test", ResultFail, []string{"discarded 2 DMARC records at _dmarc.sub.up.test"}},
+		{SpecRFC9989, "txt.test", ResultNone, []string{"discarded 2 non-DMARC TXT at _dmarc.txt.test"}},
+		{SpecRFC7489, "bad.test", ResultPermError, []string{"discarded unusable record at _dmarc.bad.test"}},
+		{SpecRFC9989, "fine.test", ResultFail, nil},
+	}
+	for _, tt := range tests {
+		e := NewEvaluator(stubResolver{srv.Addr()}, Options{Spec: tt.spec})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ev := e.Evaluate(ctx, nil, Input{FromDomain: tt.from})
+		cancel()
+		if ev.Result != tt.result {
+			t.Errorf("%s %s: result %s, want %s (%v)", tt.spec, tt.from, ev.Result, tt.result, ev.Reasons)
+		}
+		if strings.Join(ev.Discarded, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("%s %s: discarded %q, want %q", tt.spec, tt.from, ev.Discarded, tt.want)
+		}
+	}
+}

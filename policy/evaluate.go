@@ -38,6 +38,7 @@ func (e *Evaluator) Evaluate(ctx context.Context, d *Discovery, in Input) Evalua
 		Disposition:  PolicyNone,
 	}
 	ev.Reasons = append(ev.Reasons, d.Trace...)
+	ev.Discarded = d.Discarded
 	switch {
 	case errors.Is(d.Err, ErrDNS):
 		// RFC 9989 §5.3.6: the policy cannot be applied.
@@ -262,7 +263,7 @@ func (a *aligner) aligned(ctx context.Context, id string, mode Alignment) (ok bo
 	r, seen := a.orgs[n]
 	if !seen {
 		var discard []string
-		r.org, r.err = a.e.orgDomain(ctx, n, &discard)
+		r.org, r.err = a.e.orgDomain(ctx, n, tlog{lines: &discard})
 		a.orgs[n] = r
 	}
 	if r.err != nil {
