@@ -61,6 +61,9 @@ func (t *Transaction) formatAR(d *Decision) string {
 		if ev.Err != nil && (ev.Result == policy.ResultTempError || ev.Result == policy.ResultPermError) {
 			comment = append(comment, errSummary(ev.Err))
 		}
+		// Issue 3: say what discovery threw away, so "none" after two
+		// records or a broken one is not mistaken for "nothing published".
+		comment = append(comment, ev.Discarded...)
 		if d.Why != "" && len(d.Evals) == 1 && !strings.Contains(strings.Join(comment, " "), d.Why) {
 			comment = append(comment, d.Why)
 		}
@@ -140,6 +143,13 @@ func (t *Transaction) logDecision(d *Decision) {
 			attrs = append(attrs, "dmarc_error", ev.Err.Error())
 			break
 		}
+	}
+	var discarded []string
+	for _, ev := range d.Evals {
+		discarded = append(discarded, ev.Discarded...)
+	}
+	if len(discarded) > 0 {
+		attrs = append(attrs, "dmarc_discarded", strings.Join(discarded, "; "))
 	}
 	t.srv.log.Info("dmarc decision", attrs...)
 }

@@ -76,3 +76,28 @@ func TestPartlyUnusableFrom(t *testing.T) {
 		})
 	}
 }
+
+// TestDiscardedInHeader: records thrown away by discovery are named in the
+// dmarc comment, so dmarc=none after two records is not read as "nothing
+// published".
+func TestDiscardedInHeader(t *testing.T) {
+	zone := dnstest.NewZone(dnstest.Options{})
+	if err := zone.Add(
+		dnstest.Record{Name: "_dmarc.two.test", Type: "TXT", Value: "v=DMARC1; p=reject"},
+		dnstest.Record{Name: "_dmarc.two.test", Type: "TXT", Value: "v=DMARC1; p=none"},
+	); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	cfg.MessageTimeout = 3 * time.Second
+	tm := startMilter(t, cfg, zone, policy.Options{})
+	tx := tm.srv.Begin(&cfg, ConnInfo{IP: net.ParseIP("198.51.100.1"), Helo: "h.example"}, "x@attacker.example.org", "")
+	tx.AddHeader("From", " a@two.test")
+	tx.EndHeaders()
+	d := tx.Finish()
+	want := "dmarc=none (discarded 2 DMARC records at _dmarc.two.test) header.from=two.test"
+	if got := strings.Join(strings.Fields(d.AuthResults), " "); !strings.Contains(got, want) {
+		t.Errorf("A-R %q lacks %q", got, want)
+	}
+}
