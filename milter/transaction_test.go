@@ -2,11 +2,14 @@ package milter
 
 import (
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dmarc-milter/dmarc-milter/auth/dnsres"
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
@@ -99,5 +102,77 @@ func TestDiscardedInHeader(t *testing.T) {
 	want := "dmarc=none (discarded 2 DMARC records at _dmarc.two.test) header.from=two.test"
 	if got := strings.Join(strings.Fields(d.AuthResults), " "); !strings.Contains(got, want) {
 		t.Errorf("A-R %q lacks %q", got, want)
+	}
+}
+
+// TestMessageBudgetBoundsSilentDNS: with the production resolver settings
+// (2s per attempt, 2 attempts: 4s per silent query) and DNS that never
+// answers for the SPF record, three DKIM keys and the DMARC record, the
+// message still ends at its budget with temperror. The default budget
+// (20s) is what keeps a message inside Postfix's milter_content_timeout
+// (300s), which Validate enforces; here a short one shows the bound holds.
+func TestMessageBudgetBoundsSilentDNS(t *testing.T) {
+	dir := filepath.Join("..", "testdata", "cases")
+	c, err := testcase.Load(filepath.Join(dir, "cases", "559-every-key-and-dmarc-time-out.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zone, err := testcase.BuildZone("", filepath.Join("..", "testdata", "keys"), []*testcase.Case{c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := zone.Add(dnstest.Record{Name: "slow559.test", Type: "TXT", Behavior: "timeout"}); err != nil {
+		t.Fatal(err)
+	}
+	dsrv, err := dnstest.Start(zone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dsrv.Close()
+	res, err := dnsres.New(dnsres.Config{Servers: []string{dsrv.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	cfg.OnTempError = "accept"
+	cfg.MessageTimeout = 1500 * time.Millisecond
+	srv, err := NewServer(cfg, Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, policy.Options{}), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := c.Build(filepath.Join("..", "testdata", "keys"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields, body, err := testcase.SplitMessage(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx := srv.Begin(nil, ConnInfo{IP: net.ParseIP("192.0.2.159"), Helo: "mail.slow559.test"}, "x@slow559.test", "")
+	for _, f := range fields {
+		tx.AddHeader(f.Name, f.Value)
+	}
+	tx.EndHeaders()
+	tx.WriteBody(body)
+	d := tx.Finish()
+	if d.SPF.Result != "temperror" || len(d.Evals) != 1 || d.Evals[0].Result != policy.ResultTempError {
+		t.Errorf("spf %s, evals %+v; want temperror for both\nA-R: %s", d.SPF.Result, d.Evals, d.AuthResults)
+	}
+	for _, r := range d.DKIM {
+		if r.Result != "temperror" {
+			t.Errorf("dkim %s for s=%s, want temperror", r.Result, r.Selector)
+		}
+	}
+	if len(d.DKIM) != 3 {
+		t.Errorf("%d DKIM results, want 3", len(d.DKIM))
+	}
+	// One silent query alone takes 4s with these settings; the budget
+	// must cut everything off at 1.5s (slack for a loaded CI machine).
+	if d.Elapsed > cfg.MessageTimeout+2*time.Second {
+		t.Errorf("message took %s, budget %s", d.Elapsed, cfg.MessageTimeout)
+	}
+	if d.Action != ActionAccept {
+		t.Errorf("action %s, want accept (on-temperror accept)", d.Action)
 	}
 }
