@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
 func startRecordDNS(t *testing.T) *dnstest.Server {
@@ -137,4 +138,50 @@ func TestRecordUsage(t *testing.T) {
 	if rc := run([]string{"record"}, &out, &errb); rc != 2 {
 		t.Errorf("run record without a domain: %d", rc)
 	}
+}
+
+// FuzzExplainTags: any record the parser accepts is explained without a
+// panic, every published tag gets one known status, and the explanation
+// agrees with the parser on what was used.
+func FuzzExplainTags(f *testing.F) {
+	recs, err := dnstest.LoadFile("testdata/record/zone.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, r := range recs {
+		if strings.HasPrefix(r.Value, "v=DMARC1") {
+			f.Add(r.Value, false)
+		}
+	}
+	f.Add("v=DMARC1;p=reject;p=none;;=;x;np=REJECT;psd=Y;rua=,", true)
+	status := map[string]bool{"ok": true, "default": true, "invalid": true, "overridden": true, "unknown": true, "ignored": true, "duplicate": true, "malformed": true}
+	f.Fuzz(func(t *testing.T, txt string, old bool) {
+		spec := policy.SpecRFC9989
+		if old {
+			spec = policy.SpecRFC7489
+		}
+		rec, _ := policy.ParseRecord(txt, spec)
+		if rec == nil {
+			return
+		}
+		tags := explainTags(rec, spec, "example.com")
+		seen := map[string]bool{}
+		for _, tg := range tags {
+			if !status[tg.Status] {
+				t.Fatalf("tag %q: status %q", tg.Tag, tg.Status)
+			}
+			if tg.Meaning == "" {
+				t.Fatalf("tag %q: no meaning", tg.Tag)
+			}
+			if tg.Status == "ok" && tg.Tag == "p" && !strings.EqualFold(tg.Value, string(rec.P)) {
+				t.Fatalf("p=%q reported ok, parser used %q", tg.Value, rec.P)
+			}
+			if tg.Status == "ok" || tg.Status == "invalid" || tg.Status == "overridden" {
+				if seen[tg.Tag] {
+					t.Fatalf("tag %q explained as used twice", tg.Tag)
+				}
+				seen[tg.Tag] = true
+			}
+		}
+	})
 }
