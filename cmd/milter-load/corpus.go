@@ -87,18 +87,18 @@ func BuiltinCorpus(keyDir string, now time.Time) ([]*Client, error) {
 		expect                       string
 	}
 	specs := []spec{
-		{"aligned", "dkim+spf aligned, p=reject", "192.0.2.10", "mx.bench-reject.test", "mx.bench-reject.test",
-			"bounce@bench-reject.test", "Alice <alice@bench-reject.test>", "Weekly report", sign("bench-reject.test", "rsa2048"), "accept"},
-		{"aligned", "spf aligned, p=none domain", "192.0.2.10", "mx.bench-reject.test", "mx.bench-reject.test",
-			"carol@bench-none.test", "Carol <carol@bench-none.test>", "Minutes", nil, "accept"},
+		{"aligned", "dkim+spf aligned, p=reject", "192.0.2.10", "mx.reject.bench", "mx.reject.bench",
+			"bounce@reject.bench", "Alice <alice@reject.bench>", "Weekly report", sign("reject.bench", "rsa2048"), "accept"},
+		{"aligned", "spf aligned, p=none domain", "192.0.2.10", "mx.reject.bench", "mx.reject.bench",
+			"carol@none.bench", "Carol <carol@none.bench>", "Minutes", nil, "accept"},
 		{"esp", "third-party dkim only, p=quarantine", "192.0.2.20", "out.esp.bench", "out.esp.bench",
-			"bounce-123@esp.bench", "News <news@bench-quar.test>", "Newsletter", sign("esp.bench", "rsa2048-alt"), "quarantine"},
+			"bounce-123@esp.bench", "News <news@quar.bench>", "Newsletter", sign("esp.bench", "rsa2048-alt"), "quarantine"},
 		{"esp", "third-party dkim only, p=none", "192.0.2.20", "out.esp.bench", "out.esp.bench",
-			"bounce-124@esp.bench", "Dave <dave@bench-none.test>", "Invoice", sign("esp.bench", "rsa2048-alt"), "accept"},
+			"bounce-124@esp.bench", "Dave <dave@none.bench>", "Invoice", sign("esp.bench", "rsa2048-alt"), "accept"},
 		{"forwarder", "forwarded: spf unaligned, dkim aligned", "203.0.113.5", "relay.fwd.bench", "relay.fwd.bench",
-			"srs0=ab12=alice@fwd.bench", "Alice <alice@bench-reject.test>", "Forwarded report", sign("bench-reject.test", "rsa2048"), "accept"},
+			"srs0=ab12=alice@fwd.bench", "Alice <alice@reject.bench>", "Forwarded report", sign("reject.bench", "rsa2048"), "accept"},
 		{"spoofer", "spoofed p=reject domain", "198.51.100.7", "unknown", "spoof.bench",
-			"ceo@bench-reject.test", "CEO <ceo@bench-reject.test>", "Urgent wire transfer", nil, "reject"},
+			"ceo@reject.bench", "CEO <ceo@reject.bench>", "Urgent wire transfer", nil, "reject"},
 	}
 	var clients []*Client
 	byName := map[string]*Client{}

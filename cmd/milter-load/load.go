@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"sort"
@@ -76,6 +77,11 @@ type Options struct {
 	// CountIO wraps the connections to count reads, writes, bytes and
 	// packets.
 	CountIO bool
+	// Trace, when set, gets the outcome and the header fields the chain
+	// added or changed, for the first TraceN messages: to see why a
+	// milter answers as it does.
+	Trace  io.Writer
+	TraceN int
 }
 
 // Report is the outcome of a run.
@@ -122,6 +128,7 @@ type runner struct {
 	protoMasks []atomic.Uint32
 
 	tickets  atomic.Int64 // messages started
+	traced   atomic.Int64
 	msgSeq   atomic.Int64
 	deadline time.Time
 
@@ -375,6 +382,7 @@ func (r *runner) message(cs *chainSession, m *Message) (string, error) {
 			return "", fmt.Errorf("%s: abort: %w", r.opts.Chain[i], err)
 		}
 		if a := verdict(act); a != "accept" {
+			r.trace(m, a+fmt.Sprintf(" by %s (%d %s)", r.opts.Chain[i], act.SMTPCode, act.SMTPText), fields)
 			return a, nil
 		}
 		for _, mod := range mods {
@@ -384,10 +392,34 @@ func (r *runner) message(cs *chainSession, m *Message) (string, error) {
 		}
 		fields = applyMods(fields, mods)
 	}
+	action := "accept"
 	if quarantined {
-		return "quarantine", nil
+		action = "quarantine"
 	}
-	return "accept", nil
+	r.trace(m, action, fields)
+	return action, nil
+}
+
+func (r *runner) trace(m *Message, action string, fields []testcase.Field) {
+	if r.opts.Trace == nil || r.traced.Add(1) > int64(r.opts.TraceN) {
+		return
+	}
+	sent := map[testcase.Field]int{}
+	for _, f := range m.Fields {
+		sent[f]++
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s\n", m.Name, action)
+	for _, f := range fields {
+		if sent[f] > 0 {
+			sent[f]--
+			continue
+		}
+		fmt.Fprintf(&b, "  + %s:%s\n", f.Name, strings.ReplaceAll(f.Value, "\r\n", "\n"))
+	}
+	r.mu.Lock()
+	io.WriteString(r.opts.Trace, b.String())
+	r.mu.Unlock()
 }
 
 func verdict(act *gomilter.Action) string {

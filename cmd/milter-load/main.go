@@ -56,11 +56,12 @@ func run(args []string, out io.Writer) (int, error) {
 	keys := fs.String("keys", "testdata/keys", "DKIM private keys for the built-in corpus")
 	emlDir := fs.String("eml", "", "send the .eml files of this directory instead of the built-in corpus")
 	clientIP := fs.String("client-ip", "192.0.2.10", "client IP for -eml")
-	helo := fs.String("helo", "mx.bench-reject.test", "HELO for -eml")
+	helo := fs.String("helo", "mx.reject.bench", "HELO for -eml")
 	mailFrom := fs.String("mail-from", "", "MAIL FROM for -eml (default: the From address)")
 	countIO := fs.Bool("count-io", false, "count packets, socket reads/writes and bytes per message")
 	timeout := fs.Duration("timeout", 30*time.Second, "read/write timeout")
 	format := fs.String("format", "text", "text, or kv (one line of key=value for scripts)")
+	trace := fs.Int("trace", 0, "print the outcome and the header changes of the first N messages (stderr)")
 	if err := fs.Parse(args); err != nil {
 		return 1, err
 	}
@@ -73,7 +74,10 @@ func run(args []string, out io.Writer) (int, error) {
 	if len(chain) == 0 {
 		chain = multiFlag{"inet:127.0.0.1:8893"}
 	}
-	opts := Options{Conns: *conns, PerConn: *perConn, Count: *count, Duration: *dur, Timeout: *timeout, CountIO: *countIO}
+	opts := Options{Conns: *conns, PerConn: *perConn, Count: *count, Duration: *dur, Timeout: *timeout, CountIO: *countIO, TraceN: *trace}
+	if *trace > 0 {
+		opts.Trace = os.Stderr
+	}
 	if opts.Count > 0 && !flagSet(fs, "d") {
 		opts.Duration = 0
 	}
@@ -98,7 +102,7 @@ func run(args []string, out io.Writer) (int, error) {
 	defer stop()
 	if *warmup > 0 {
 		w := opts
-		w.Count, w.Duration, w.CountIO = *warmup, 0, false
+		w.Count, w.Duration, w.CountIO, w.Trace = *warmup, 0, false, nil
 		rep, err := Run(ctx, w)
 		if err != nil {
 			return 1, fmt.Errorf("warmup: %w", err)
