@@ -155,7 +155,7 @@ func writeMetrics(w *bytes.Buffer, srv *milter.Server, res *dnsres.Resolver) {
 	e.sample("dmarc_milter_dns_cache_hits_total", nil, float64(st.CacheHits))
 	e.family("dmarc_milter_dns_cache_misses_total", "counter", "DNS lookups not in the cache.")
 	e.sample("dmarc_milter_dns_cache_misses_total", nil, float64(st.CacheMisses))
-	e.family("dmarc_milter_dns_cache_hit_ratio", "gauge", "Cache hits over all cached lookups since start (0 before the first).")
+	e.family("dmarc_milter_dns_cache_hit_ratio", "gauge", "Cache hits over hits plus misses since start (0 before the first lookup).")
 	ratio := 0.0
 	if n := st.CacheHits + st.CacheMisses; n > 0 {
 		ratio = float64(st.CacheHits) / float64(n)
