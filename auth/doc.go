@@ -6,7 +6,8 @@
 //     AuthorDomains.
 //   - SPF (RFC 7208) through blitiri.com.ar/go/spf: CheckSPF.
 //   - DKIM (RFC 6376, RFC 8301, RFC 8463) through go-msgauth, streamed while
-//     the body arrives: DKIMVerifier.
+//     the body arrives: DKIMVerifier. Signatures with l= are verified by our
+//     own code, since go-msgauth refuses them all.
 //   - Authentication-Results (RFC 8601): AuthServID to recognise incoming
 //     fields that claim our authserv-id, FormatAR to write ours.
 //
@@ -29,4 +30,12 @@
 //     return, reports neither selector nor algorithm, and has no context; the
 //     DKIMVerifier drains the pipe, parses the tags itself and binds the
 //     message context into the key lookup.
+//   - go-msgauth fails every DKIM signature with l=. We verify those
+//     ourselves (RFC 6376 §3.5, §8.2): l= equal to the canonicalized body is
+//     a pass, content after the l= length is "policy" (never a pass), a
+//     body shorter than l= is a fail. A bare LF in the body is a line end
+//     on both paths, as go-msgauth has it.
+//   - go-msgauth selects signed header fields by rescanning the header for
+//     each h= name; signatures naming more than 200 fields, or over 64 KB,
+//     are permerror and hidden from it (their value replaced by "v=0").
 package auth
