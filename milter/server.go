@@ -48,9 +48,9 @@ type Server struct {
 	sessions sync.WaitGroup
 
 	// testHook, when set before Serve, runs at the start of every session
-	// callback with the stage name and the message's transaction (nil
-	// outside one): tests inject panics through it.
-	testHook func(stage string, tx *Transaction)
+	// callback with the stage name and the session: tests inject panics
+	// through it.
+	testHook func(stage string, s *session)
 }
 
 // NewServer checks cfg and returns a server ready to Serve.

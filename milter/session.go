@@ -31,6 +31,10 @@ type session struct {
 	// faulted marks a message during which one of our callbacks panicked:
 	// its end gets the fail-safe answer, whatever is left of it.
 	faulted bool
+	// connFaulted marks a panic at connect or HELO: the connection data
+	// may be incomplete (a missing HELO changes the SPF identity of a null
+	// sender), so every message on it gets the fail-safe answer.
+	connFaulted bool
 }
 
 func (s *Server) newSession(c *trackedConn) gomilter.Milter {
@@ -67,14 +71,18 @@ func (s *session) guard(stage string, resp *gomilter.Response, err *error) {
 	s.log.Error("panic in milter callback", "stage", stage, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 	s.reset()
 	s.faulted = true
+	if stage == "connect" || stage == "helo" {
+		s.connFaulted = true
+	}
 	*err = nil
 	*resp = s.failSafe()
 }
 
-// hook runs the test hook, if any, at the start of each callback.
+// hook runs the test hook, if any, at the start of each callback (at
+// connect, once the client is known).
 func (s *session) hook(stage string) {
 	if h := s.srv.testHook; h != nil {
-		h(stage, s.tx)
+		h(stage, s)
 	}
 }
 
@@ -87,8 +95,8 @@ func (s *session) failSafe() gomilter.Response {
 
 func (s *session) Connect(host, family string, port uint16, addr net.IP, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("connect", &resp, &err)
-	s.hook("connect")
 	s.conn = ConnInfo{Host: host, IP: addr}
+	s.hook("connect")
 	s.connMacros = make(map[string]string, len(m.Macros))
 	for k, v := range m.Macros {
 		s.connMacros[k] = v
@@ -193,7 +201,7 @@ func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.R
 func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("eom", &resp, &err)
 	s.hook("eom")
-	if s.faulted {
+	if s.faulted || s.connFaulted {
 		s.faulted = false
 		s.reset()
 		return s.failSafe(), nil
