@@ -397,3 +397,40 @@ func BenchmarkDKIMVerifyBodyLength100KB(b *testing.B) {
 		}
 	}
 }
+
+// TestDKIMKeysFetchedAtEndOfHeader: both paths ask for their keys as soon
+// as the header is complete, before any body byte, so that DNS overlaps
+// with the body transfer.
+func TestDKIMKeysFetchedAtEndOfHeader(t *testing.T) {
+	_, rec := loadKey(t, "rsa2048")
+	for _, withL := range []bool{false, true} {
+		t.Run(fmt.Sprintf("l=%v", withL), func(t *testing.T) {
+			base := runtime.NumGoroutine()
+			msg := buildSigned(t, lengthBody, testcase.Signing{Domain: "x.test", Selector: "sel", Key: "rsa2048", BodyLength: withL})
+			asked := make(chan string, 4)
+			lookup := func(ctx context.Context, name string) ([]string, error) {
+				asked <- name
+				return []string{rec}, nil
+			}
+			v := NewDKIMVerifier(context.Background(), lookup, 0)
+			fs, body := split(t, msg)
+			for _, f := range fs {
+				v.AddHeader(f.name, f.value)
+			}
+			v.EndHeaders()
+			select {
+			case name := <-asked:
+				if name != "sel._domainkey.x.test" {
+					t.Errorf("asked for %q", name)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no key lookup before the body")
+			}
+			_, _ = v.Write(body)
+			if r := v.Finish(); len(r) != 1 || r[0].Result != DKIMPass {
+				t.Fatalf("got %+v", r)
+			}
+			settle(t, base)
+		})
+	}
+}
