@@ -94,6 +94,8 @@ func errSummary(err error) string {
 	switch {
 	case errors.Is(err, policy.ErrDNS):
 		return "DNS failure"
+	case errors.Is(err, errTooManyAuthors):
+		return errTooManyAuthors.Error()
 	case errors.Is(err, auth.ErrNoFrom):
 		return "no From field"
 	case errors.Is(err, auth.ErrFromTooLong):

@@ -43,6 +43,7 @@ type Transaction struct {
 	headerBytes int
 	headerOver  bool
 	fromValues  []string
+	fromFields  int   // every From field, also those past maxFromValues
 	arIndexes   []int // 1-based per-name indexes of A-R fields carrying our authserv-id
 	arCount     int
 
@@ -50,7 +51,9 @@ type Transaction struct {
 
 	author    auth.AuthorInfo
 	authorErr error
-	disc      map[string]chan *policy.Discovery
+	// tooMany: From fields or Author Domains past what we evaluate.
+	tooMany error
+	disc    map[string]chan *policy.Discovery
 
 	mode    string // effective mode, set by Finish
 	arcPass string // trusted upstream authserv-id that reported arc=pass
@@ -123,13 +126,19 @@ func (t *Transaction) AddHeader(name, value string) {
 			t.headerOver = true
 			t.srv.log.Warn("header exceeds limit; rest not verified", "limit", t.cfg.MaxHeaderBytes, "queue_id", t.QueueID)
 		}
-		if isFrom && len(t.fromValues) < 50 {
-			t.fromValues = append(t.fromValues, truncate(value, auth.MaxFromLength+1))
+		if isFrom {
+			t.fromFields++
+			if len(t.fromValues) < maxFromValues {
+				t.fromValues = append(t.fromValues, truncate(value, auth.MaxFromLength+1))
+			}
 		}
 		return
 	}
-	if isFrom && len(t.fromValues) < 50 {
-		t.fromValues = append(t.fromValues, value)
+	if isFrom {
+		t.fromFields++
+		if len(t.fromValues) < maxFromValues {
+			t.fromValues = append(t.fromValues, value)
+		}
 	}
 	t.dkim.AddHeader(name, value)
 }
@@ -141,6 +150,12 @@ func (t *Transaction) EndHeaders() {
 		return
 	}
 	t.author, t.authorErr = auth.AuthorDomains(t.fromValues)
+	switch {
+	case t.fromFields > len(t.fromValues):
+		t.tooMany = fmt.Errorf("%w: %d From fields, at most %d read", errTooManyAuthors, t.fromFields, maxFromValues)
+	case len(t.author.Domains) > maxAuthorDomains:
+		t.tooMany = fmt.Errorf("%w: From names %d domains, at most %d evaluated", errTooManyAuthors, len(t.author.Domains), maxAuthorDomains)
+	}
 	for i, d := range t.author.Domains {
 		if i >= maxAuthorDomains {
 			break
@@ -163,8 +178,15 @@ func (t *Transaction) EndHeaders() {
 	t.dkim.EndHeaders()
 }
 
-// maxAuthorDomains bounds the work one From field can cause.
-const maxAuthorDomains = 10
+// maxAuthorDomains and maxFromValues bound the work From fields can
+// cause. A message past either is refused (see decide), never delivered
+// with the rest unevaluated.
+const (
+	maxAuthorDomains = 10
+	maxFromValues    = 50
+)
+
+var errTooManyAuthors = errors.New("too many From domains")
 
 // WriteBody streams a body chunk (CRLF line ends) to the DKIM verifier.
 func (t *Transaction) WriteBody(chunk []byte) {
@@ -283,6 +305,21 @@ func (t *Transaction) decide() *Decision {
 
 	d.Action = ActionAccept
 	switch {
+	case t.tooMany != nil:
+		// Evaluating only the first domains would let padding hide a
+		// later domain's p=reject (RFC 9989 §4.4: each Author Domain
+		// counts), so this shape, which no legitimate sender produces,
+		// is refused whatever -on-malformed-from says. Permanent: 5xx.
+		d.Why = errTooManyAuthors.Error()
+		d.Evals = append(d.Evals, policy.Evaluation{Result: policy.ResultPermError, Err: fmt.Errorf("%w: %w", policy.ErrNoAuthorDomain, t.tooMany)})
+		if t.mode != "monitor" {
+			d.Action = ActionReject
+			d.Reply = "550 5.7.1 Message rejected: " + d.Why
+		} else {
+			// The comment already names the defect (errSummary).
+			d.Why = "monitor mode: would reject"
+		}
+		return d
 	case t.authorErr != nil || len(t.author.Domains) == 0:
 		// RFC 9989 §4.4 / RFC 7489 §6.6.1: without a usable Author
 		// Domain DMARC cannot be applied; RFC 5322 §3.6 requires exactly

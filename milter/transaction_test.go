@@ -176,3 +176,63 @@ func TestMessageBudgetBoundsSilentDNS(t *testing.T) {
 		t.Errorf("action %s, want accept (on-temperror accept)", d.Action)
 	}
 }
+
+// TestTooManyAuthors: past the bounds on From fields and Author Domains the
+// message is refused (even with malformed From accepted), because what is
+// not evaluated could hold a p=reject; up to the bounds all is evaluated.
+func TestTooManyAuthors(t *testing.T) {
+	zone := dnstest.NewZone(dnstest.Options{})
+	if err := zone.Add(dnstest.Record{Name: "_dmarc.bank.test", Type: "TXT", Value: "v=DMARC1; p=reject"}); err != nil {
+		t.Fatal(err)
+	}
+	base := DefaultConfig()
+	base.AuthServID = "lab.test"
+	base.MessageTimeout = 3 * time.Second
+	tm := startMilter(t, base, zone, policy.Options{})
+	domains := func(n int) string {
+		var l []string
+		for i := range n {
+			l = append(l, "a@d"+strings.Repeat("x", i)+".test")
+		}
+		return strings.Join(l, ", ")
+	}
+	repeat := func(v string, n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = v
+		}
+		return out
+	}
+	tests := []struct {
+		name   string
+		mode   string
+		from   []string
+		action Action
+		why    string
+	}{
+		{"ten domains: evaluated", "enforce", []string{domains(10)}, ActionAccept, ""},
+		{"ten domains plus bank.test", "enforce", []string{domains(10) + ", ceo@bank.test"}, ActionReject, "too many From domains"},
+		{"fifty fields: evaluated", "enforce", repeat("a@d.test", maxFromValues), ActionAccept, ""},
+		{"fifty-one fields", "enforce", repeat("a@d.test", maxFromValues+1), ActionReject, "too many From domains"},
+		{"monitor", "monitor", []string{domains(11)}, ActionAccept, "monitor mode: would reject"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := base
+			cfg.Mode = tt.mode
+			cfg.OnMalformedFrom = "accept"
+			tx := tm.srv.Begin(&cfg, ConnInfo{IP: net.ParseIP("198.51.100.1"), Helo: "h.example"}, "x@attacker.example.org", "")
+			for _, f := range tt.from {
+				tx.AddHeader("From", " "+f)
+			}
+			tx.EndHeaders()
+			d := tx.Finish()
+			if d.Action != tt.action || d.Why != tt.why {
+				t.Errorf("action %s why %q, want %s %q\nA-R: %s", d.Action, d.Why, tt.action, tt.why, d.AuthResults)
+			}
+			if ar := strings.Join(strings.Fields(d.AuthResults), " "); tt.why != "" && !strings.Contains(ar, "dmarc=permerror (too many From domains") {
+				t.Errorf("A-R does not say why: %s", d.AuthResults)
+			}
+		})
+	}
+}
