@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
 )
@@ -103,7 +104,7 @@ func TestDKIMHugeSignedHeaderList(t *testing.T) {
 					{Domain: "r.test", Selector: "sel", Key: "rsa2048"},
 					{Domain: "x.test", Selector: "sel", Key: "rsa2048", Headers: names, BodyLength: withL},
 				}}
-			msg, err := c.Build("../testdata/keys", nowFunc())
+			msg, err := c.Build("../testdata/keys", time.Now())
 			if err != nil {
 				t.Fatal(err)
 			}
