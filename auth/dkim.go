@@ -69,9 +69,9 @@ type LookupTXTFunc func(ctx context.Context, name string) ([]string, error)
 // streams in, through an io.Pipe into go-msgauth's verifier, and, for
 // signatures with l= (which go-msgauth refuses), through our own streamed
 // canonicalization (dkim_length.go); the body is never held in memory.
-// Key lookups start at EndHeaders, so DNS overlaps with the body. Call AddHeader for each field in order, EndHeaders,
-// Write for each body chunk, then Finish; Abort releases everything at any
-// point. Abort may be called from another goroutine; the other methods are
+// Key lookups start at EndHeaders. Call AddHeader for each field in order,
+// EndHeaders, Write for each body chunk, then Finish; Abort releases
+// everything at any point. Abort may be called from another goroutine; the other methods are
 // for the one goroutine that feeds the message.
 type DKIMVerifier struct {
 	ctx     context.Context
