@@ -71,8 +71,8 @@ type LookupTXTFunc func(ctx context.Context, name string) ([]string, error)
 // canonicalization (dkim_length.go); the body is never held in memory.
 // Key lookups start at EndHeaders. Call AddHeader for each field in order,
 // EndHeaders, Write for each body chunk, then Finish; Abort releases
-// everything at any point. Abort may be called from another goroutine; the other methods are
-// for the one goroutine that feeds the message.
+// everything at any point. Abort may be called from another goroutine;
+// the other methods are for the one goroutine that feeds the message.
 type DKIMVerifier struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
