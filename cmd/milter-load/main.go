@@ -141,7 +141,7 @@ func writeText(w io.Writer, o *Options, r *Report) {
 	}
 	fmt.Fprintf(w, "milter-load: %s; %d connections, %d messages per connection\n", strings.Join(names, " -> "), o.Conns, o.PerConn)
 	fmt.Fprintf(w, "messages   %d in %.2fs over %d connections: %.1f msg/s\n", r.Messages, r.Elapsed.Seconds(), r.Conns, r.Rate())
-	fmt.Fprintf(w, "latency    p50 %v  p90 %v  p99 %v  max %v\n", r.Percentile(.5), r.Percentile(.9), r.Percentile(.99), r.Percentile(1))
+	fmt.Fprintf(w, "latency    p50 %v  p90 %v  p99 %v  max %v\n", rnd(r.Percentile(.5)), rnd(r.Percentile(.9)), rnd(r.Percentile(.99)), rnd(r.Percentile(1)))
 	fmt.Fprintf(w, "actions    %s\n", actionList(r.Actions))
 	if len(r.Unexpected) == 0 {
 		fmt.Fprintln(w, "unexpected none")
@@ -211,3 +211,5 @@ func writeKV(w io.Writer, r *Report) {
 		r.Messages, r.Elapsed.Seconds(), r.Rate(), us(r.Percentile(.5)), us(r.Percentile(.9)), us(r.Percentile(.99)), us(r.Percentile(1)),
 		actionList(r.Actions), unexpected, r.Errors, per(tot.PacketsIn+tot.PacketsOut), per(tot.Reads+tot.Writes))
 }
+
+func rnd(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
