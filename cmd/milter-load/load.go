@@ -188,6 +188,9 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		if opts.Trace != nil {
+			fmt.Fprintf(opts.Trace, "%s negotiated actions %#x, protocol %#x\n", opts.Chain[i], uint32(s.ActionOpts), uint32(s.ProtocolOpts))
+		}
 		s.Close()
 	}
 	if opts.CountIO {
