@@ -137,12 +137,17 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 	s.faulted = false
 	// {auth_authen} arrives with MAIL and is gone by end of message.
 	s.tx = s.srv.Begin(s.cfg, s.conn, from, m.Macros["{auth_authen}"])
-	s.tx.QueueID = m.Macros["i"]
+	s.tx.QueueID = queueID(m)
 	return gomilter.RespContinue, nil
 }
 
 func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("rcpt", &resp, &err)
+	if s.faulted {
+		// The rest of a faulted message is not looked at: the fault
+		// would most likely recur.
+		return gomilter.RespContinue, nil
+	}
 	s.hook("rcpt")
 	if s.tx != nil {
 		s.tx.AddRcpt(rcpt)
@@ -169,12 +174,15 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 	// ordered copy (LIBRARIES.md), so drop the library's as we go; the
 	// Modifier shares the session's map.
 	clear(m.Headers)
+	if s.faulted {
+		return nil, nil
+	}
 	s.hook("header")
 	if s.tx == nil {
 		return nil, nil
 	}
 	if s.tx.QueueID == "" {
-		s.tx.QueueID = m.Macros["i"]
+		s.tx.QueueID = queueID(m)
 	}
 	s.tx.AddHeader(name, value)
 	return nil, nil
@@ -182,6 +190,11 @@ func (s *session) Header(name, value string, m *gomilter.Modifier) (resp gomilte
 
 func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("eoh", &resp, &err)
+	if s.faulted {
+		// The rest of a faulted message is not looked at: the fault
+		// would most likely recur.
+		return gomilter.RespContinue, nil
+	}
 	s.hook("eoh")
 	if s.tx != nil {
 		s.tx.EndHeaders()
@@ -191,6 +204,11 @@ func (s *session) Headers(h textproto.MIMEHeader, m *gomilter.Modifier) (resp go
 
 func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.Response, err error) {
 	defer s.guard("body", &resp, &err)
+	if s.faulted {
+		// The rest of a faulted message is not looked at: the fault
+		// would most likely recur.
+		return gomilter.RespContinue, nil
+	}
 	s.hook("body")
 	if s.tx != nil {
 		s.tx.WriteBody(chunk)
@@ -212,7 +230,7 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	}
 	s.tx = nil
 	if tx.QueueID == "" {
-		tx.QueueID = m.Macros["i"]
+		tx.QueueID = queueID(m)
 	}
 	d := tx.Finish()
 	if d == nil {
@@ -271,4 +289,20 @@ func (s *session) Abort(m *gomilter.Modifier) (err error) {
 // Postfix expands '%' in replies: it is doubled.
 func reply(text string) gomilter.Response {
 	return gomilter.NewResponseStr('y', strings.ReplaceAll(text, "%", "%%"))
+}
+
+// queueID is the MTA's queue id (macro i), bounded: it goes into every log
+// line of the message, and a peer can send a megabyte of anything there.
+// Postfix ids are at most a few dozen alphanumerics.
+func queueID(m *gomilter.Modifier) string {
+	id := m.Macros["i"]
+	if len(id) > 64 {
+		id = id[:64]
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] >= 0x7f {
+			return ""
+		}
+	}
+	return id
 }
