@@ -2,6 +2,7 @@ package milter
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"time"
 
@@ -27,7 +28,7 @@ func (t *Transaction) formatAR(d *Decision) string {
 		ms = append(ms, auth.ARMethod{Method: "dkim", Result: "none"})
 	}
 	for _, r := range d.DKIM {
-		m := auth.ARMethod{Method: "dkim", Result: r.Result, Reason: r.Reason}
+		m := auth.ARMethod{Method: "dkim", Result: r.Result, Reason: hideResolver(r.Reason)}
 		if r.Domain != "" {
 			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "d", Value: r.Domain})
 		}
@@ -154,4 +155,15 @@ func (t *Transaction) logDecision(d *Decision) {
 		attrs = append(attrs, "dmarc_discarded", strings.Join(discarded, "; "))
 	}
 	t.srv.log.Info("dmarc decision", attrs...)
+}
+
+// resolverAddr matches the " on SERVER:PORT" that net.DNSError puts in
+// its text ("lookup NAME on 192.0.2.53:53: i/o timeout").
+var resolverAddr = regexp.MustCompile(` on (\[[0-9A-Fa-f:.%]+\]|[0-9A-Za-z.\-]+):[0-9]+:`)
+
+// hideResolver drops our resolver's address from a reason going into the
+// header (errSummary's rule: the log has the details; the header should
+// neither reveal our setup nor vary between runs).
+func hideResolver(reason string) string {
+	return resolverAddr.ReplaceAllString(reason, ":")
 }

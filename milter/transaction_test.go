@@ -164,6 +164,9 @@ func TestMessageBudgetBoundsSilentDNS(t *testing.T) {
 			t.Errorf("dkim %s for s=%s, want temperror", r.Result, r.Selector)
 		}
 	}
+	if strings.Contains(d.AuthResults, dsrv.Addr()) {
+		t.Errorf("A-R reveals the resolver address: %s", d.AuthResults)
+	}
 	if len(d.DKIM) != 3 {
 		t.Errorf("%d DKIM results, want 3", len(d.DKIM))
 	}
@@ -234,5 +237,20 @@ func TestTooManyAuthors(t *testing.T) {
 				t.Errorf("A-R does not say why: %s", d.AuthResults)
 			}
 		})
+	}
+}
+
+func TestHideResolver(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"key unavailable: lookup s._domainkey.a.test on 127.0.0.1:40123: i/o timeout", "key unavailable: lookup s._domainkey.a.test: i/o timeout"},
+		{"key unavailable: lookup s._domainkey.a.test on [2001:db8::53]:53: server misbehaving", "key unavailable: lookup s._domainkey.a.test: server misbehaving"},
+		{"key unavailable: lookup x.test on dns.example:53: no such host", "key unavailable: lookup x.test: no such host"},
+		{"signature verification failed", "signature verification failed"},
+		{"body hash did not verify on line 3: x", "body hash did not verify on line 3: x"},
+	}
+	for _, tt := range tests {
+		if got := hideResolver(tt.in); got != tt.want {
+			t.Errorf("hideResolver(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }
