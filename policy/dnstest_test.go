@@ -192,3 +192,38 @@ func TestDiscardedNotes(t *testing.T) {
 		}
 	}
 }
+
+// TestTreeWalkQueryBound counts what reaches the DNS server: discovery for
+// a deep Author Domain with no record anywhere makes at most 8 _dmarc
+// queries (RFC 9989 §4.10), and the labels between the Author Domain and
+// the last seven are never asked.
+func TestTreeWalkQueryBound(t *testing.T) {
+	z := dnstest.NewZone(dnstest.Options{})
+	// A record on a skipped label must not be seen.
+	if err := z.Add(dnstest.Record{Name: "_dmarc.d.e.f.g.h.i.j.k.deep.test", Type: "TXT", Value: "v=DMARC1; p=none; psd=n"}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dnstest.Start(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	from := "a.b.c.d.e.f.g.h.i.j.k.deep.test" // 13 labels
+	e := NewEvaluator(stubResolver{srv.Addr()}, Options{Spec: SpecRFC9989})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	before := srv.Queries()
+	d := e.Discover(ctx, from)
+	if n := srv.Queries() - before; n > 8 {
+		t.Errorf("%d queries, want at most 8: %q", n, d.Trace)
+	}
+	if d.Record != nil || d.Err != nil {
+		t.Errorf("record %+v err %v: the 11-label name must not be queried", d.Record, d.Err)
+	}
+	if n := srv.QueriesFor("_dmarc.d.e.f.g.h.i.j.k.deep.test", dns.TypeTXT); n != 0 {
+		t.Errorf("skipped name queried %d times", n)
+	}
+	if n := srv.QueriesFor("_dmarc.g.h.i.j.k.deep.test", dns.TypeTXT); n != 1 {
+		t.Errorf("the seven-label name queried %d times, want 1", n)
+	}
+}
