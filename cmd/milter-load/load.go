@@ -64,6 +64,9 @@ type Options struct {
 	// changes of those before it, and the first non-continue answer ends
 	// the message.
 	Chain []Target
+	// SMTP, instead of Chain, is an MTA's HOST:PORT that runs the milters
+	// (SMTP mode, smtp.go).
+	SMTP string
 	// Conns is the number of concurrent milter connections (SMTP
 	// sessions); PerConn the messages each sends before reconnecting.
 	Conns, PerConn int
@@ -158,8 +161,8 @@ const (
 
 // Run drives the load and returns the report. ctx cancels it early.
 func Run(ctx context.Context, opts Options) (*Report, error) {
-	if len(opts.Chain) == 0 {
-		return nil, errors.New("no milter to test")
+	if (len(opts.Chain) == 0) == (opts.SMTP == "") {
+		return nil, errors.New("give milters or an SMTP server to test, not both")
 	}
 	if opts.Count <= 0 && opts.Duration <= 0 {
 		return nil, errors.New("set a message count or a duration")
@@ -198,6 +201,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		for i := range r.io {
 			r.io[i] = &IOStats{}
 		}
+	}
+	if opts.SMTP != "" {
+		// Fail fast on a wrong address or a server refusing XCLIENT.
+		c, err := dialSMTP(opts.SMTP, opts.Corpus[0], opts.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("smtp %s: %w", opts.SMTP, err)
+		}
+		c.close()
 	}
 	start := time.Now()
 	if opts.Duration > 0 {
@@ -246,8 +257,14 @@ func (r *runner) fail(err error) {
 // and sends PerConn messages on each.
 func (r *runner) worker(ctx context.Context, w int) {
 	for conn := 0; ; conn++ {
-		cl := r.opts.Corpus[(w+conn*r.opts.Conns)%len(r.opts.Corpus)]
-		more, err := r.connection(ctx, cl, w+conn)
+		// Each worker takes the clients in turn, from a different
+		// starting point, so every client is served all the time.
+		cl := r.opts.Corpus[(w+conn)%len(r.opts.Corpus)]
+		connection := r.connection
+		if r.opts.SMTP != "" {
+			connection = r.smtpConnection
+		}
+		more, err := connection(ctx, cl, w+conn)
 		if err != nil {
 			r.fail(err)
 			// A milter that is down must not turn the run into a
@@ -353,16 +370,19 @@ func (r *runner) connection(ctx context.Context, cl *Client, seed int) (bool, er
 		if err != nil {
 			return true, fmt.Errorf("%s: %w", m.Name, err)
 		}
-		el := time.Since(start)
-		r.mu.Lock()
-		r.latencies = append(r.latencies, el)
-		r.actions[action]++
-		if m.Expect != "" && action != m.Expect {
-			r.unexpected[fmt.Sprintf("%s: got %s, want %s", m.Name, action, m.Expect)]++
-		}
-		r.mu.Unlock()
+		r.record(m, action, m.Expect, time.Since(start))
 	}
 	return true, nil
+}
+
+func (r *runner) record(m *Message, action, want string, el time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.latencies = append(r.latencies, el)
+	r.actions[action]++
+	if want != "" && action != want {
+		r.unexpected[fmt.Sprintf("%s: got %s, want %s", m.Name, action, want)]++
+	}
 }
 
 // message runs one transaction through the chain and returns the action

@@ -48,6 +48,7 @@ func run(args []string, out io.Writer) (int, error) {
 	fs := flag.NewFlagSet("milter-load", flag.ContinueOnError)
 	var chain multiFlag
 	fs.Var(&chain, "milter", "milter socket, inet:HOST:PORT or unix:/path; repeat for a chain (Postfix order)")
+	smtpAddr := fs.String("smtp", "", "HOST:PORT of an MTA running the milters (Postfix with XCLIENT allowed for us), instead of -milter")
 	conns := fs.Int("c", 8, "concurrent connections")
 	perConn := fs.Int("m", 10, "messages per connection")
 	count := fs.Int("n", 0, "stop after this many messages (0: use -d)")
@@ -71,10 +72,10 @@ func run(args []string, out io.Writer) (int, error) {
 	if *format != "text" && *format != "kv" {
 		return 1, fmt.Errorf("-format %q: want text or kv", *format)
 	}
-	if len(chain) == 0 {
+	if len(chain) == 0 && *smtpAddr == "" {
 		chain = multiFlag{"inet:127.0.0.1:8893"}
 	}
-	opts := Options{Conns: *conns, PerConn: *perConn, Count: *count, Duration: *dur, Timeout: *timeout, CountIO: *countIO, TraceN: *trace}
+	opts := Options{Conns: *conns, PerConn: *perConn, Count: *count, Duration: *dur, Timeout: *timeout, CountIO: *countIO, TraceN: *trace, SMTP: *smtpAddr}
 	if *trace > 0 {
 		opts.Trace = os.Stderr
 	}
@@ -138,6 +139,9 @@ func writeText(w io.Writer, o *Options, r *Report) {
 	var names []string
 	for _, t := range o.Chain {
 		names = append(names, t.String())
+	}
+	if o.SMTP != "" {
+		names = append(names, "smtp:"+o.SMTP)
 	}
 	fmt.Fprintf(w, "milter-load: %s; %d connections, %d messages per connection\n", strings.Join(names, " -> "), o.Conns, o.PerConn)
 	fmt.Fprintf(w, "messages   %d in %.2fs over %d connections: %.1f msg/s\n", r.Messages, r.Elapsed.Seconds(), r.Conns, r.Rate())

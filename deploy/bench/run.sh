@@ -26,6 +26,7 @@ CONNS=${CONNS:-16}          # concurrent milter connections
 PERCONN=${PERCONN:-10}      # messages per connection
 WARMUP=${WARMUP:-300}       # messages before each measurement (caches, JIT of nothing)
 TRACE_MSGS=${TRACE_MSGS:-400} # messages sent under strace -c to count syscalls
+POSTFIX=${POSTFIX:-auto}    # also run both behind a private Postfix: auto (if installed), yes, no
 NS=dmarcbench
 DNS_IP=10.53.0.1
 
@@ -59,7 +60,9 @@ fi
 work=$(mktemp -d /tmp/dmarc-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
+pfdir=
 cleanup() {
+	if [ -n "$pfdir" ]; then postfix -c "$pfdir/etc" stop >/dev/null 2>&1 || true; fi
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	ip netns del "$NS" 2>/dev/null || true
@@ -281,3 +284,121 @@ echo "reference parts: opendkim alone cpu_us_per_msg=$(kv cpu_us_per_msg "$dkim_
 	"opendmarc alone cpu_us_per_msg=$(kv cpu_us_per_msg "$dmarc_alone") rate=$(kv rate "$dmarc_alone")"
 echo "actions ours:      accept=$(kv accept "$best_ours") quarantine=$(kv quarantine "$best_ours") reject=$(kv reject "$best_ours") tempfail=$(kv tempfail "$best_ours")"
 echo "actions reference: accept=$(kv accept "$best_ref") quarantine=$(kv quarantine "$best_ref") reject=$(kv reject "$best_ref") tempfail=$(kv tempfail "$best_ref")"
+
+# --- behind Postfix ----------------------------------------------------------
+# A private Postfix instance in the namespace, one smtpd per setup, mail
+# discarded after the queue. The load tool speaks SMTP with XCLIENT to
+# claim each client's address, so Postfix's own milter client (protocol
+# 6, its negotiation, its header handling) is in the measurement. Postfix
+# queues every message (cleanup writes and syncs the queue file), which
+# both setups pay alike.
+if [ "$POSTFIX" = no ] || { [ "$POSTFIX" = auto ] && ! command -v postfix >/dev/null; }; then
+	echo
+	echo "(no Postfix run: POSTFIX=$POSTFIX)"
+	exit 0
+fi
+pfdir=$work/postfix
+mkdir -p "$pfdir/etc" "$pfdir/queue" "$pfdir/data"
+chown postfix:postfix "$pfdir/data"
+cat >"$pfdir/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $pfdir/queue
+data_directory = $pfdir/data
+myhostname = mx.bench.test
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_authorized_xclient_hosts = 127.0.0.0/8
+smtpd_peername_lookup = no
+smtp_dns_support_level = disabled
+biff = no
+alias_maps =
+alias_database =
+local_recipient_maps =
+relay_domains = lab.test
+relay_recipient_maps =
+relay_transport = discard:bench
+maillog_file = $pfdir/maillog
+maillog_file_prefixes = $pfdir
+milter_protocol = 6
+milter_default_action = tempfail
+milter_content_timeout = 60s
+EOF
+cat >"$pfdir/etc/master.cf" <<EOF
+127.0.0.1:2525 inet n - n - - smtpd
+  -o syslog_name=postfix/ours
+  -o smtpd_milters=unix:$work/ours.sock
+127.0.0.1:2526 inet n - n - - smtpd
+  -o syslog_name=postfix/reference
+  -o smtpd_milters=unix:$work/opendkim.sock,unix:$work/opendmarc.sock
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+proxymap  unix  -       -       n       -       -       proxymap
+postlog   unix-dgram n  -       n       -       1       postlogd
+EOF
+if ! ip netns exec "$NS" postfix -c "$pfdir/etc" start >"$work/postfix.log" 2>&1; then
+	echo "run.sh: postfix did not start:" >&2
+	cat "$work/postfix.log" "$pfdir/maillog" >&2 2>/dev/null
+	KEEP=1
+	exit 1
+fi
+for port in 2525 2526; do
+	for _ in $(seq 50); do
+		ip netns exec "$NS" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null && break
+		sleep 0.1
+	done
+done
+
+# measure_smtp LABEL PORT "PIDS": like measure, through Postfix.
+measure_smtp() {
+	local label=$1 port=$2 pidlist=$3
+	local load=(ip netns exec "$NS" "$work/milter-load" -smtp "127.0.0.1:$port" -keys "$repo/testdata/keys" -c "$CONNS" -m "$PERCONN")
+	"${load[@]}" -n "$WARMUP" -d 0 -format kv >/dev/null || true
+	alive $pidlist
+	local t0 t1 out rc=0
+	t0=$(cpu_ticks $pidlist)
+	out=$("${load[@]}" -d "$DURATION" -format kv) || rc=$?
+	t1=$(cpu_ticks $pidlist)
+	alive $pidlist
+	local cpu_us
+	cpu_us=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$(kv msgs "$out")" 'BEGIN { printf "%.0f", n ? d * 1e6 / hz / n : 0 }')
+	RESULT="$out milter_cpu_us_per_msg=$cpu_us exit=$rc"
+	echo "$label: $RESULT"
+	if [ "$rc" != 0 ]; then
+		"${load[@]}" -c 2 -n 60 -d 0 | grep -E '^(unexpected|errors|  )' | sed 's/^/    /' || true
+		tail -n 5 "$pfdir/maillog" | sed 's/^/    maillog: /'
+	fi
+}
+
+echo
+echo "== behind Postfix $(postconf -d -h mail_version) (SMTP with XCLIENT, mail discarded after the queue)"
+measure_smtp "postfix + ours     " 2525 "$pid_ours"
+pf_ours=$RESULT
+measure_smtp "postfix + reference" 2526 "$pid_opendkim $pid_opendmarc"
+pf_ref=$RESULT
+printf '%-28s %12s %12s %8s\n' metric ours reference ours/ref
+row "throughput msg/s" "$(kv rate "$pf_ours")" "$(kv rate "$pf_ref")"
+row "latency p50 us" "$(kv p50_us "$pf_ours")" "$(kv p50_us "$pf_ref")"
+row "latency p90 us" "$(kv p90_us "$pf_ours")" "$(kv p90_us "$pf_ref")"
+row "latency p99 us" "$(kv p99_us "$pf_ours")" "$(kv p99_us "$pf_ref")"
+row "milter CPU us/msg" "$(kv milter_cpu_us_per_msg "$pf_ours")" "$(kv milter_cpu_us_per_msg "$pf_ref")"
+for v in pf_ours pf_ref; do
+	res=${!v}
+	if [ "$(kv errors "$res")" != 0 ] || [ "$(kv unexpected "$res")" != 0 ]; then
+		echo "run.sh: $v run is broken (errors or unexpected actions): $res" >&2
+		KEEP=1
+		exit 2
+	fi
+done
