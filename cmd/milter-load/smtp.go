@@ -127,8 +127,8 @@ func (c *smtpConn) message(m *Message) (string, error) {
 	msg.Write(m.Body)
 	_ = c.conn.SetWriteDeadline(time.Now().Add(c.timeout))
 	w := c.tp.DotWriter()
-	// DotWriter turns LF into CRLF itself and stuffs dots.
-	if _, err := w.Write(bytes.ReplaceAll(msg.Bytes(), []byte("\r\n"), []byte("\n"))); err != nil {
+	// DotWriter stuffs dots and keeps CRLF line ends as they are.
+	if _, err := w.Write(msg.Bytes()); err != nil {
 		return "", err
 	}
 	if err := w.Close(); err != nil {
