@@ -69,7 +69,8 @@ type LookupTXTFunc func(ctx context.Context, name string) ([]string, error)
 // streams in, through an io.Pipe into go-msgauth's verifier, and, for
 // signatures with l= (which go-msgauth refuses), through our own streamed
 // canonicalization (dkim_length.go); the body is never held in memory.
-// Key lookups start at EndHeaders. Call AddHeader for each field in order,
+// The same pass validates the ARC chain (arc.go, see ARC), which is DKIM's
+// machinery over other fields. Key lookups start at EndHeaders. Call AddHeader for each field in order,
 // EndHeaders, Write for each body chunk, then Finish; Abort releases
 // everything at any point. Abort may be called from another goroutine;
 // the other methods are for the one goroutine that feeds the message.
@@ -85,6 +86,11 @@ type DKIMVerifier struct {
 	sigs      []sigTags
 	own       []*lengthSig // the signatures with l= we verify ourselves
 	headersOK bool         // EndHeaders ran
+
+	arcFields []arcField // ARC fields, top to bottom (arc.go)
+	arcKinds  []byte
+	arc       *arcCheck
+	arcRes    *ARCResult
 
 	mu       sync.Mutex
 	pw       *io.PipeWriter
@@ -160,6 +166,12 @@ func (v *DKIMVerifier) AddHeader(name, value string) {
 	if isSig {
 		st.field = len(v.fields) - 1
 		v.sigs = append(v.sigs, st)
+	}
+	// One more than a valid chain can have is enough to fail it.
+	if k := arcKind(name); k != 0 && len(v.arcFields) <= 3*MaxARCSets {
+		f := v.fields[len(v.fields)-1]
+		v.arcFields = append(v.arcFields, arcField{field: len(v.fields) - 1, value: string(v.header.Bytes()[f.start+len(name)+1 : f.end])})
+		v.arcKinds = append(v.arcKinds, k)
 	}
 }
 
@@ -262,6 +274,12 @@ func (v *DKIMVerifier) EndHeaders() {
 		return
 	}
 	v.headersOK = true
+	switch {
+	case v.tooLarge && len(v.arcFields) > 0:
+		v.arcRes = &ARCResult{Result: ARCFail, Reason: "header too large to verify"}
+	case len(v.arcFields) > 0:
+		v.arc = newARCCheck(v.ctx, v.arcFields, v.arcKinds, v.lookupTXT)
+	}
 	if len(v.sigs) == 0 || v.tooLarge {
 		return
 	}
@@ -293,7 +311,8 @@ func (v *DKIMVerifier) startOwn() {
 			continue
 		}
 		f := v.fields[st.field]
-		ls, err := newLengthSig(st.field, string(buf[f.start+len(f.name)+1:f.end]))
+		// The field name as sent: simple canonicalization hashes it as is.
+		ls, err := parseSignature(st.field, f.name, string(buf[f.start+len(f.name)+1:f.end]), false)
 		if err != nil {
 			st.ownErr = err.(*sigError)
 			continue
@@ -332,6 +351,9 @@ func (v *DKIMVerifier) Write(chunk []byte) (int, error) {
 	if !v.headersOK {
 		v.EndHeaders()
 	}
+	if v.arc != nil && v.arc.ams != nil {
+		_, _ = v.arc.ams.body.Write(chunk)
+	}
 	v.mu.Lock()
 	pw, closed, verified := v.pw, v.closed, v.verified
 	v.mu.Unlock()
@@ -357,6 +379,10 @@ func (v *DKIMVerifier) Write(chunk []byte) (int, error) {
 func (v *DKIMVerifier) Finish() []DKIMResult {
 	if !v.headersOK {
 		v.EndHeaders()
+	}
+	if v.arc != nil && v.arcRes == nil {
+		r := v.arc.finish(v.ctx, v.header.Bytes(), v.fields)
+		v.arcRes = &r
 	}
 	v.mu.Lock()
 	if v.results != nil || (len(v.sigs) == 0 && !v.tooLarge) {
@@ -464,6 +490,15 @@ func (v *DKIMVerifier) finishOwn(ls *lengthSig, waitErr error) (string, error) {
 		return DKIMTempError, fmt.Errorf("key lookup unfinished: %w", v.ctx.Err())
 	}
 	return ls.verify(v.header.Bytes(), v.fields)
+}
+
+// ARC returns the validation of the message's ARC chain (RFC 8617 §5.2),
+// decided by Finish: ARCNone without ARC fields.
+func (v *DKIMVerifier) ARC() ARCResult {
+	if v.arcRes == nil {
+		return ARCResult{Result: ARCNone}
+	}
+	return *v.arcRes
 }
 
 // Abort releases the verifier goroutine and its pipe. It is safe at any

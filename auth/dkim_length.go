@@ -39,7 +39,7 @@ var errUnsignedTail = errors.New("unsigned content follows the l= body length")
 // lengthSig is one DKIM-Signature with l= under our own verification.
 type lengthSig struct {
 	field    int    // index into DKIMVerifier.fields
-	sigField string // "DKIM-Signature:value", CRLF folds, b= emptied
+	sigField string // "name:value" as in the header, CRLF folds, b= emptied
 
 	domain   string
 	selector string
@@ -50,15 +50,17 @@ type lengthSig struct {
 	bh, b    []byte
 	expires  time.Time // x=, zero when absent
 
-	limit uint64 // l=
-	body  *bodyCanon
-	sum   *lengthHash
+	limit    uint64 // l=, or the largest uint64 without one
+	hasLimit bool
+	body     *bodyCanon
+	sum      *lengthHash
 
 	keyDone chan struct{} // closed once key, keyRes and keyErr are set
 	key     crypto.PublicKey
 	keyRes  string // "" when the key is usable
 	keyErr  error
-	strict  bool // key t=s: i= must be in d= itself (RFC 6376 §3.6.1)
+	strict  bool       // key t=s: i= must be in d= itself (RFC 6376 §3.6.1)
+	keyOf   *lengthSig // an ARC-Seal whose key another seal looks up
 }
 
 // sigError is a verdict reached while checking tags or the key.
@@ -77,17 +79,28 @@ func permErr(format string, a ...any) *sigError {
 // §6.1.1) given its field value with CRLF folds. A *sigError gives the
 // result when the signature cannot be verified at all.
 func newLengthSig(field int, value string) (*lengthSig, error) {
+	return parseSignature(field, "DKIM-Signature", value, false)
+}
+
+// parseSignature reads a DKIM-Signature, or with arc an
+// ARC-Message-Signature (RFC 8617 §4.1.2: the DKIM tags without v=, i=
+// the instance, l= optional), named name in the header.
+func parseSignature(field int, name, value string, arc bool) (*lengthSig, error) {
 	tags, err := parseTagList(value)
 	if err != nil {
 		return nil, permErr("malformed tag-list: %v", err)
 	}
 	t := tagMap(tags)
-	for _, req := range []string{"v", "a", "b", "bh", "d", "h", "s"} {
+	required := []string{"v", "a", "b", "bh", "d", "h", "s"}
+	if arc {
+		required = []string{"i", "a", "b", "bh", "d", "h", "s"}
+	}
+	for _, req := range required {
 		if _, ok := t[req]; !ok {
 			return nil, permErr("missing required tag %s=", req) // RFC 6376 §3.5
 		}
 	}
-	if t["v"] != "1" {
+	if !arc && t["v"] != "1" {
 		return nil, permErr("incompatible signature version") // RFC 6376 §6.1.1
 	}
 	s := &lengthSig{field: field, selector: stripFWS(t["s"])}
@@ -112,7 +125,7 @@ func newLengthSig(field int, value string) (*lengthSig, error) {
 	if !validSelector(s.selector) {
 		return nil, permErr("unusable s= selector")
 	}
-	if i, ok := t["i"]; ok {
+	if i, ok := t["i"]; ok && !arc {
 		s.identity = stripFWS(i)
 		at := strings.LastIndexByte(s.identity, '@')
 		id, err := normalizeSigDomain(s.identity[at+1:])
@@ -138,8 +151,12 @@ func newLengthSig(field int, value string) (*lengthSig, error) {
 			return nil, permErr("no supported query method") // RFC 6376 §3.5 q=
 		}
 	}
-	if s.limit, err = parseBodyLength(t["l"]); err != nil {
-		return nil, permErr("malformed l=: %v", err)
+	s.limit = ^uint64(0)
+	if l, ok := t["l"]; ok || !arc {
+		if s.limit, err = parseBodyLength(l); err != nil {
+			return nil, permErr("malformed l=: %v", err)
+		}
+		s.hasLimit = true
 	}
 	if s.bh, err = decodeB64(t["bh"]); err != nil || len(s.bh) == 0 {
 		return nil, permErr("malformed bh=")
@@ -170,7 +187,7 @@ func newLengthSig(field int, value string) (*lengthSig, error) {
 	// value of b= deleted, everything else unchanged.
 	for _, tg := range tags {
 		if tg.name == "b" {
-			s.sigField = "DKIM-Signature:" + value[:tg.vStart] + value[tg.vEnd:]
+			s.sigField = name + ":" + value[:tg.vStart] + value[tg.vEnd:]
 		}
 	}
 	s.sum = &lengthHash{h: sha256.New(), limit: s.limit}
@@ -392,7 +409,7 @@ func (s *lengthSig) verify(buf []byte, fields []headerField) (string, error) {
 		}
 	}
 	s.body.Close()
-	if s.sum.n < s.limit {
+	if s.hasLimit && s.sum.n < s.limit {
 		// RFC 6376 §3.5 l=: a body shorter than l= cannot have been signed
 		// as it is.
 		return DKIMFail, fmt.Errorf("body of %d bytes is shorter than l=%d", s.sum.n, s.limit)
@@ -438,7 +455,7 @@ func (s *lengthSig) verify(buf []byte, fields []headerField) (string, error) {
 	default:
 		return DKIMPermError, errors.New("no usable key")
 	}
-	if s.sum.n > s.limit {
+	if s.hasLimit && s.sum.n > s.limit {
 		// RFC 6376 §8.2: text after the l= length is not signed. It may be
 		// anything an intermediary appended, so never a pass.
 		return DKIMPolicy, fmt.Errorf("%w (%d of %d bytes signed)", errUnsignedTail, s.limit, s.sum.n)

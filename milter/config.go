@@ -61,9 +61,9 @@ type Config struct {
 	// MailingLists are like Forwarders, recorded as mailing_list.
 	MailingLists     []netip.Prefix
 	MailingListHosts policy.DomainSet
-	// TrustedARC are upstream authserv-ids whose arc=pass in their
-	// Authentication-Results overrides a DMARC failure. Only list hosts
-	// that remove forged A-R fields carrying their id (RFC 8601 §5).
+	// TrustedARC are upstream authserv-ids whose ARC-sealed dmarc=pass
+	// overrides a DMARC failure, when the chain validates and their set is
+	// the latest (trustedARC says why each condition is needed).
 	TrustedARC []string
 	// RecipientModes maps a recipient domain (and its subdomains) to
 	// "enforce", "monitor" or "off", for shared hosting. With recipients

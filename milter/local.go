@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -46,26 +47,33 @@ func (t *Transaction) effectiveMode() (mode, why string) {
 	return best, bestWhy
 }
 
-// noteTrustedAR remembers an upstream's arc=pass (AddHeader calls it for
-// every Authentication-Results field).
-func (t *Transaction) noteTrustedAR(value string) {
-	if len(t.cfg.TrustedARC) == 0 || t.arcPass != "" {
-		return
+// trustedARC names the trusted upstream whose sealed verdict vouches for
+// the Author Domain dom, or "". Three things must hold: our own
+// validation of the ARC chain passed (RFC 8617 §5.2); the latest set,
+// added by the hop that handed us the message, carries the upstream's
+// authserv-id and was sealed by a domain that owns that name (d= is the
+// authserv-id or a parent of it: an authserv-id alone is text anyone can
+// write into a set they seal themselves); and its sealed results say
+// dmarc=pass for dom. Earlier sets are not enough: whoever sealed after
+// them may have changed the message. An unsealed Authentication-Results
+// field is never trusted, whoever it names: any sender can write one.
+func (t *Transaction) trustedARC(arc auth.ARCResult, dom string) string {
+	if len(t.cfg.TrustedARC) == 0 || arc.Result != auth.ARCPass {
+		return ""
 	}
-	id, res, ok := auth.ARResults(value)
-	if !ok {
-		return
-	}
-	for _, trusted := range t.cfg.TrustedARC {
-		if auth.SameAuthServID(id, trusted) {
-			for _, r := range res["arc"] {
-				if r == "pass" {
-					t.arcPass = trusted
-					return
-				}
-			}
+	for _, id := range t.cfg.TrustedARC {
+		if !auth.SameAuthServID(arc.AuthServID, id) {
+			continue
+		}
+		n, err := domain.Normalize(id)
+		if err != nil || (n != arc.SealDomain && !strings.HasSuffix(n, "."+arc.SealDomain)) {
+			continue
+		}
+		if arc.ReportsDMARCPass(dom) {
+			return fmt.Sprintf("%s (ARC i=%d, d=%s)", id, arc.Instance, arc.SealDomain)
 		}
 	}
+	return ""
 }
 
 // localFacts finds what the local policy needs to know about the client,
@@ -74,7 +82,7 @@ func (t *Transaction) localFacts() policy.LocalFacts {
 	if t.facts != nil {
 		return *t.facts
 	}
-	f := policy.LocalFacts{ARCPass: t.arcPass}
+	var f policy.LocalFacts
 	f.Forwarder = t.matchClient(t.cfg.Forwarders, t.cfg.ForwarderHosts)
 	if f.Forwarder == "" {
 		f.MailingList = t.matchClient(t.cfg.MailingLists, t.cfg.MailingListHosts)

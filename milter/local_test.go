@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
 	"github.com/dmarc-milter/dmarc-milter/policy"
@@ -26,8 +27,30 @@ func TestLocalPolicy(t *testing.T) {
 	spoof, sbody, _ := testcase.SplitMessage(readMessage(t, "spoof"))
 	quar, qbody, _ := testcase.SplitMessage(readMessage(t, "quarantine"))
 	forged, fbody, _ := testcase.SplitMessage(readMessage(t, "forged-ar"))
-	arcUp := append([]testcase.Field{{Name: "Authentication-Results", Value: " mx.upstream.example; arc=pass (as.1=pass); dmarc=fail"}}, spoof...)
-	arcOther := append([]testcase.Field{{Name: "Authentication-Results", Value: " mx.evil.example; arc=pass"}}, spoof...)
+	// ARC (RFC 8617): a forwarder that broke the author's DKIM seals what
+	// it saw. Only a valid chain whose latest set is sealed by the
+	// trusted upstream's own domain, saying dmarc=pass for this From,
+	// overrides; a plain Authentication-Results field never does.
+	seal := func(fs []testcase.Field, body []byte, d, id, results string) []testcase.Field {
+		t.Helper()
+		k, err := testcase.LoadKey("../testdata/keys", "rsa2048")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := testcase.SealARC(fs, body, testcase.ARCSealing{Domain: d, Selector: "arc", AuthServID: id, Results: results}, k, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	passed := "spf=fail smtp.mailfrom=list.example; dmarc=pass header.from=aligned.example"
+	arcUp := seal(spoof, sbody, "upstream.example", "mx.upstream.example", passed)
+	arcPlainAR := append([]testcase.Field{{Name: "Authentication-Results", Value: " mx.upstream.example; arc=pass (as.1=pass); dmarc=pass header.from=aligned.example"}}, spoof...)
+	arcOwnSeal := seal(spoof, sbody, "evil.example", "mx.upstream.example", passed)
+	arcSaidFail := seal(spoof, sbody, "upstream.example", "mx.upstream.example", "dmarc=fail header.from=aligned.example")
+	arcOtherFrom := seal(spoof, sbody, "upstream.example", "mx.upstream.example", "dmarc=pass header.from=evil.example")
+	arcNotLatest := seal(arcUp, sbody, "evil.example", "mx.evil.example", "arc=pass")
+	arcUntrusted := seal(spoof, sbody, "evil.example", "mx.evil.example", passed)
 
 	tests := []struct {
 		name       string
@@ -44,8 +67,14 @@ func TestLocalPolicy(t *testing.T) {
 		{"trusted forwarder network", "203.0.113.2", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
 		{"mailing list host, forward-confirmed", "203.0.113.7", nil, spoof, sbody, "accept", "delivered", "override=mailing_list"},
 		{"mailing list host, PTR not confirmed", "203.0.113.8", nil, spoof, sbody, "reject", "none", ""},
-		{"trusted upstream arc=pass", "198.51.100.1", nil, arcUp, sbody, "accept", "delivered", "override=local_policy"},
-		{"untrusted upstream arc=pass ignored", "198.51.100.1", nil, arcOther, sbody, "reject", "none", ""},
+		{"trusted upstream sealed dmarc=pass", "198.51.100.1", nil, arcUp, sbody, "accept", "delivered", "arc=pass (i=1 d=upstream.example); dmarc=fail (p=REJECT dis=NONE override=local_policy)"},
+		{"trusted set changed after sealing", "198.51.100.1", nil, arcUp, append([]byte("spam\r\n"), sbody...), "reject", "none", ""},
+		{"unsealed A-R naming the trusted upstream", "198.51.100.1", nil, arcPlainAR, sbody, "reject", "none", ""},
+		{"trusted id in a set sealed by another domain", "198.51.100.1", nil, arcOwnSeal, sbody, "reject", "none", ""},
+		{"trusted upstream sealed dmarc=fail", "198.51.100.1", nil, arcSaidFail, sbody, "reject", "none", ""},
+		{"trusted upstream's pass is for another From", "198.51.100.1", nil, arcOtherFrom, sbody, "reject", "none", ""},
+		{"trusted set is not the latest", "198.51.100.1", nil, arcNotLatest, sbody, "reject", "none", ""},
+		{"untrusted sealer", "198.51.100.1", nil, arcUntrusted, sbody, "reject", "none", ""},
 		{"recipient monitor mode", "198.51.100.1", []string{"a@watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
 		{"recipient off: no header", "198.51.100.1", []string{"a@optout.example"}, spoof, sbody, "accept", "delivered", "-"},
 		{"mixed recipients: most lenient", "198.51.100.1", []string{"a@lab.test", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},

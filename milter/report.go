@@ -2,6 +2,7 @@ package milter
 
 import (
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"time"
@@ -38,6 +39,15 @@ func (t *Transaction) formatAR(d *Decision) string {
 		if r.BPrefix != "" {
 			// RFC 6008 §4: enough of b= to tell signatures apart.
 			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "b", Value: r.BPrefix})
+		}
+		ms = append(ms, m)
+	}
+	if d.ARC.Result != "" && d.ARC.Result != auth.ARCNone {
+		// RFC 8617 §10.1 registers the "arc" method. No arc=none without
+		// ARC fields: it would say nothing on most mail.
+		m := auth.ARMethod{Method: "arc", Result: d.ARC.Result, Reason: hideResolver(d.ARC.Reason)}
+		if d.ARC.Result == auth.ARCPass {
+			m.Comment = fmt.Sprintf("i=%d d=%s", d.ARC.Instance, d.ARC.SealDomain)
 		}
 		ms = append(ms, m)
 	}
@@ -125,6 +135,13 @@ func (t *Transaction) logDecision(d *Decision) {
 		dk = append(dk, r.Domain+":"+r.Result)
 	}
 	attrs = append(attrs, "dkim", strings.Join(dk, ","))
+	if d.ARC.Result != "" && d.ARC.Result != auth.ARCNone {
+		arc := d.ARC.Result
+		if d.ARC.Reason != "" {
+			arc += " (" + d.ARC.Reason + ")"
+		}
+		attrs = append(attrs, "arc", arc)
+	}
 	var dm, pols, disp, over []string
 	for _, ev := range d.Evals {
 		dm = append(dm, string(ev.Result))

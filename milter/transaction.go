@@ -55,9 +55,8 @@ type Transaction struct {
 	tooMany error
 	disc    map[string]chan *policy.Discovery
 
-	mode    string // effective mode, set by Finish
-	arcPass string // trusted upstream authserv-id that reported arc=pass
-	facts   *policy.LocalFacts
+	mode  string // effective mode, set by Finish
+	facts *policy.LocalFacts
 }
 
 // Begin starts a transaction at MAIL FROM. SPF starts now, in the
@@ -115,8 +114,6 @@ func (t *Transaction) AddHeader(name, value string) {
 		// outside are forgeries and must go, even past the size limit.
 		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) {
 			t.arIndexes = append(t.arIndexes, t.arCount)
-		} else {
-			t.noteTrustedAR(value)
 		}
 	}
 	isFrom := strings.EqualFold(name, "From")
@@ -267,6 +264,7 @@ func (a Action) severity() int {
 type Decision struct {
 	SPF       auth.SPFResult
 	DKIM      []auth.DKIMResult
+	ARC       auth.ARCResult
 	Author    auth.AuthorInfo
 	AuthorErr error
 	Evals     []policy.Evaluation
@@ -297,6 +295,7 @@ func (t *Transaction) decide() *Decision {
 		d.SPF = auth.SPFResult{Result: "temperror", Err: fmt.Errorf("spf: %w", t.ctx.Err())}
 	}
 	d.DKIM = t.dkim.Finish()
+	d.ARC = t.dkim.ARC()
 
 	in := policy.Input{SPF: policy.AuthResult{Result: d.SPF.Result, Domain: d.SPF.Domain}}
 	for _, r := range d.DKIM {
@@ -370,7 +369,9 @@ func (t *Transaction) decide() *Decision {
 			ev = t.srv.deps.Evaluator.Evaluate(t.ctx, disc, in)
 			if ev.Result == policy.ResultFail {
 				// Local policy, in one place, before the action is chosen.
-				t.cfg.Local.Apply(&ev, t.localFacts())
+				f := t.localFacts()
+				f.ARCPass = t.trustedARC(d.ARC, dom)
+				t.cfg.Local.Apply(&ev, f)
 			}
 		}
 		d.Evals = append(d.Evals, ev)

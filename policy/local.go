@@ -71,7 +71,8 @@ type LocalFacts struct {
 	Forwarder string
 	// MailingList is the mailing-list host the client matched.
 	MailingList string
-	// ARCPass is the trusted upstream authserv-id that reported arc=pass.
+	// ARCPass names the trusted upstream whose ARC-sealed results say the
+	// Author Domain passed DMARC there (the milter checks the chain).
 	ARCPass string
 }
 

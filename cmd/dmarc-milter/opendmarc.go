@@ -296,7 +296,7 @@ func (c *conversion) convertKey(k odKey, get func(string) (odKey, bool), baseDir
 			"# list a host here only if it verifies ARC and removes forged",
 			"# Authentication-Results carrying its id (RFC 8601 §5):",
 			"# trusted_arc_authserv_ids = "+tomlList(others))
-		c.note(k, "not converted: OpenDMARC trusts SPF/DKIM results in these hosts' Authentication-Results; we always verify SPF and DKIM ourselves. The nearest setting, [local_policy] trusted_arc_authserv_ids (trust their arc=pass), is a different promise: left commented out in the output for you to decide")
+		c.note(k, "not converted: OpenDMARC trusts SPF/DKIM results in these hosts' Authentication-Results; we always verify SPF and DKIM ourselves. The nearest setting, [local_policy] trusted_arc_authserv_ids (trust their ARC-sealed dmarc=pass), is a different promise: left commented out in the output for you to decide")
 
 	case "Socket":
 		if _, _, err := parseListen(k.value); err != nil {
@@ -481,7 +481,7 @@ func (c *conversion) convertKey(k odKey, get func(string) (odKey, bool), baseDir
 	case "CopyFailuresTo":
 		c.note(k, "no equivalent: we add no recipients; file failures with a Sieve rule on dmarc=fail in Authentication-Results or on quarantine_header")
 	case "DomainWhitelist", "DomainWhitelistFile", "DomainWhitelistSize":
-		c.note(k, "no equivalent: OpenDMARC trusted ARC chains sealed by these domains; we do not evaluate ARC seals ourselves but can trust arc=pass from named upstream hosts ([local_policy] trusted_arc_authserv_ids, by authserv-id, not by domain)")
+		c.note(k, "no equivalent: OpenDMARC trusted ARC chains sealed by these domains; we verify ARC chains ourselves and trust the sealed dmarc=pass of named upstream hosts ([local_policy] trusted_arc_authserv_ids, by authserv-id; the seal must come from that name's domain)")
 	case "TestDNSData":
 		c.note(k, "no equivalent: OpenDMARC's test-only fake DNS data")
 	default:

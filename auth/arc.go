@@ -1,0 +1,350 @@
+package auth
+
+import (
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/dmarc-milter/dmarc-milter/internal/domain"
+)
+
+// ARC (RFC 8617) is checked by our own code: go-msgauth has none
+// (LIBRARIES.md). It reuses the machinery of the l= path: the tag-list
+// parser, the streamed body canonicalization, key records and the header
+// hash, since an ARC-Message-Signature is a DKIM signature under another
+// name and an ARC-Seal a signature over the ARC fields alone.
+
+// ARC results (RFC 8617 §4.4, the cv values; RFC 8601 method "arc").
+const (
+	ARCNone = "none" // no ARC sets in the message
+	ARCPass = "pass" // every set present and every seal verified
+	ARCFail = "fail" // the chain is broken, malformed or unverifiable
+)
+
+// MaxARCSets is the highest instance RFC 8617 §4.2.1 allows.
+const MaxARCSets = 50
+
+// ARCResult is the validation of a message's ARC chain (RFC 8617 §5.2).
+// The fields after Reason describe the latest set (instance N), the one
+// added by the hop that handed us the message; they are set only on a
+// pass, when the chain vouches for them.
+type ARCResult struct {
+	Result     string // ARCNone, ARCPass or ARCFail
+	Reason     string // why it failed, short
+	Instance   int    // N, the highest instance
+	SealDomain string // d= of ARC-Seal i=N, normalised
+	AuthServID string // authserv-id of ARC-Authentication-Results i=N
+	AAR        string // that field's value after "i=N;": the results
+}
+
+// arcField is one ARC header field: which set it belongs to and where it
+// is in the verifier's header buffer.
+type arcField struct {
+	field    int // index into DKIMVerifier.fields
+	instance int
+	value    string // the value with CRLF folds
+}
+
+// arcSet holds the three fields of one instance.
+type arcSet struct {
+	aar, ams, seal *arcField
+}
+
+// arcCheck is the chain under validation; nil sets with a non-empty
+// result means the structure already decided it.
+type arcCheck struct {
+	result ARCResult
+	sets   []arcSet // index i-1 for instance i
+	ams    *lengthSig
+	seals  []*lengthSig // seal key holders, index i-1
+	done   bool
+}
+
+// arcKind tells which ARC field a header name is, or 0.
+func arcKind(name string) byte {
+	switch {
+	case strings.EqualFold(name, "ARC-Seal"):
+		return 's'
+	case strings.EqualFold(name, "ARC-Message-Signature"):
+		return 'm'
+	case strings.EqualFold(name, "ARC-Authentication-Results"):
+		return 'a'
+	}
+	return 0
+}
+
+// parseInstance reads i= of an ARC field (RFC 8617 §4.2.1: 1 to 50).
+func parseInstance(v string) (int, bool) {
+	v = stripFWS(v)
+	if v == "" || len(v) > 3 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > MaxARCSets || v[0] == '+' {
+		return 0, false
+	}
+	return n, true
+}
+
+// aarInstance splits an ARC-Authentication-Results value (RFC 8617
+// §4.1.1: "i=" instance ";" then an Authentication-Results value) into
+// its instance and the rest.
+func aarInstance(value string) (int, string, bool) {
+	head, rest, ok := strings.Cut(value, ";")
+	if !ok {
+		return 0, "", false
+	}
+	name, v, ok := strings.Cut(head, "=")
+	if !ok || stripFWS(name) != "i" {
+		return 0, "", false
+	}
+	n, ok := parseInstance(v)
+	return n, rest, ok
+}
+
+func arcFail(reason string) ARCResult { return ARCResult{Result: ARCFail, Reason: reason} }
+
+// newARCCheck reads the ARC fields collected from the header (in header
+// order) and validates the chain's structure (RFC 8617 §5.2 steps 1-4).
+// When the structure holds, it prepares the latest ARC-Message-Signature
+// and every ARC-Seal for verification and starts their key lookups.
+func newARCCheck(ctx context.Context, fields []arcField, kinds []byte, lookup func(string) ([]string, error)) *arcCheck {
+	c := &arcCheck{}
+	if len(fields) > 3*MaxARCSets {
+		c.result = arcFail("more ARC fields than 50 sets")
+		return c
+	}
+	var sets [MaxARCSets]arcSet
+	n := 0
+	for i := range fields {
+		f := &fields[i]
+		var ok bool
+		if kinds[i] == 'a' {
+			f.instance, _, ok = aarInstance(f.value)
+		} else {
+			tags, _ := parseTagList(f.value)
+			f.instance, ok = parseInstance(tagMap(tags)["i"])
+		}
+		if !ok {
+			c.result = arcFail("ARC field with a malformed i=")
+			return c
+		}
+		s := &sets[f.instance-1]
+		slot := map[byte]**arcField{'a': &s.aar, 'm': &s.ams, 's': &s.seal}[kinds[i]]
+		if *slot != nil {
+			// §5.2 step 2: exactly one field of each kind per instance.
+			c.result = arcFail("two ARC fields of one kind in set " + strconv.Itoa(f.instance))
+			return c
+		}
+		*slot = f
+		n = max(n, f.instance)
+	}
+	c.result.Instance = n
+	for i := 0; i < n; i++ {
+		if sets[i].aar == nil || sets[i].ams == nil || sets[i].seal == nil {
+			c.result = arcFail("ARC set " + strconv.Itoa(i+1) + " incomplete")
+			return c
+		}
+	}
+	c.sets = sets[:n:n]
+	c.seals = make([]*lengthSig, n)
+	for i := n - 1; i >= 0; i-- {
+		seal, err := newSealSig(c.sets[i].seal, i+1, n)
+		if err != nil {
+			c.sets, c.result = nil, arcFail(err.Error())
+			return c
+		}
+		c.seals[i] = seal
+	}
+	// §5.2 step 5: the latest message signature, verified like DKIM.
+	ams, err := parseSignature(c.sets[n-1].ams.field, "ARC-Message-Signature", c.sets[n-1].ams.value, true)
+	if err != nil {
+		c.sets, c.result = nil, arcFail("ARC-Message-Signature: "+err.Error())
+		return c
+	}
+	c.ams = ams
+	// The seals and the latest message signature often share one key:
+	// look each distinct one up once.
+	keyName := func(s *lengthSig) string { return s.selector + "._domainkey." + s.domain + "/" + s.keyType }
+	c.ams.keyDone = make(chan struct{})
+	byKey := map[string]*lengthSig{keyName(c.ams): c.ams}
+	go c.ams.fetchKey(ctx, lookup)
+	for _, s := range c.seals {
+		k := keyName(s)
+		if first, ok := byKey[k]; ok {
+			s.keyDone = first.keyDone
+			s.keyOf = first
+			continue
+		}
+		byKey[k] = s
+		s.keyDone = make(chan struct{})
+		go s.fetchKey(ctx, lookup)
+	}
+	return c
+}
+
+// newSealSig checks the tags of ARC-Seal i of n (RFC 8617 §4.1.3) and the
+// chain validation status it records (§5.2 steps 3 and 4).
+func newSealSig(f *arcField, i, n int) (*lengthSig, error) {
+	tags, err := parseTagList(f.value)
+	if err != nil {
+		return nil, fmt.Errorf("ARC-Seal %d: malformed tag-list", i)
+	}
+	t := tagMap(tags)
+	for _, req := range []string{"a", "b", "cv", "d", "i", "s"} {
+		if _, ok := t[req]; !ok {
+			return nil, fmt.Errorf("ARC-Seal %d: missing %s=", i, req)
+		}
+	}
+	if _, ok := t["h"]; ok {
+		return nil, fmt.Errorf("ARC-Seal %d: h= is not allowed", i) // §4.1.3
+	}
+	switch cv := strings.ToLower(stripFWS(t["cv"])); {
+	case cv == "fail" && i == n:
+		return nil, errors.New("the last sealer found the chain failed")
+	case i == 1 && cv != "none", i > 1 && cv != "pass":
+		return nil, fmt.Errorf("ARC-Seal %d: cv=%s", i, truncate(cv, 10))
+	}
+	s := &lengthSig{field: f.field, selector: stripFWS(t["s"])}
+	switch stripFWS(t["a"]) {
+	case "rsa-sha256":
+		s.keyType = "rsa"
+	case "ed25519-sha256":
+		s.keyType = "ed25519" // RFC 8463 §3, as for DKIM
+	default:
+		return nil, fmt.Errorf("ARC-Seal %d: unsupported algorithm", i)
+	}
+	if s.domain, err = normalizeSigDomain(t["d"]); err != nil || !validSelector(s.selector) {
+		return nil, fmt.Errorf("ARC-Seal %d: unusable d= or s=", i)
+	}
+	if s.b, err = decodeB64(t["b"]); err != nil || len(s.b) == 0 {
+		return nil, fmt.Errorf("ARC-Seal %d: malformed b=", i)
+	}
+	for _, tg := range tags {
+		if tg.name == "b" {
+			s.sigField = "ARC-Seal:" + f.value[:tg.vStart] + f.value[tg.vEnd:]
+		}
+	}
+	return s, nil
+}
+
+// finish verifies the latest message signature and every seal, once the
+// body has ended (RFC 8617 §5.2 steps 5-8). Key waits end with ctx.
+func (c *arcCheck) finish(ctx context.Context, buf []byte, fields []headerField) ARCResult {
+	if c.done || c.sets == nil {
+		c.done = true
+		return c.result
+	}
+	c.done = true
+	n := len(c.sets)
+	wait := func(s *lengthSig) bool {
+		select {
+		case <-s.keyDone:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if !wait(c.ams) {
+		c.result = arcFail("key lookup unfinished")
+		return c.result
+	}
+	if res, err := c.ams.verify(buf, fields); res != DKIMPass {
+		c.result = arcFail(fmt.Sprintf("ARC-Message-Signature %d: %s", n, errText(err, res)))
+		return c.result
+	}
+	for i := n; i >= 1; i-- {
+		s := c.seals[i-1]
+		if !wait(s) {
+			c.result = arcFail("key lookup unfinished")
+			return c.result
+		}
+		if err := c.verifySeal(s, i, buf, fields); err != nil {
+			c.result = arcFail(fmt.Sprintf("ARC-Seal %d: %v", i, err))
+			return c.result
+		}
+	}
+	last := c.sets[n-1]
+	c.result = ARCResult{Result: ARCPass, Instance: n, SealDomain: c.seals[n-1].domain}
+	_, c.result.AAR, _ = aarInstance(last.aar.value)
+	c.result.AuthServID, _ = AuthServID(c.result.AAR)
+	return c.result
+}
+
+func errText(err error, res string) string {
+	if err != nil {
+		return err.Error()
+	}
+	return res
+}
+
+// verifySeal checks ARC-Seal i: its signature covers every ARC field of
+// sets 1 to i, set by set in the order AAR, AMS, AS, with relaxed header
+// canonicalization, the seal itself last with b= empty (RFC 8617 §5.1.1).
+func (c *arcCheck) verifySeal(s *lengthSig, i int, buf []byte, fields []headerField) error {
+	key, keyRes, keyErr := s.key, s.keyRes, s.keyErr
+	if s.keyOf != nil {
+		key, keyRes, keyErr = s.keyOf.key, s.keyOf.keyRes, s.keyOf.keyErr
+	}
+	if keyRes != "" {
+		return keyErr
+	}
+	h := sha256.New()
+	for j := 0; j < i; j++ {
+		set := c.sets[j]
+		for _, f := range []*arcField{set.aar, set.ams, set.seal} {
+			if j == i-1 && f == set.seal {
+				break
+			}
+			hf := fields[f.field]
+			h.Write([]byte(canonHeaderField(string(buf[hf.start:hf.end]), true)))
+		}
+	}
+	h.Write([]byte(strings.TrimSuffix(canonHeaderField(s.sigField, true), "\r\n")))
+	digest := h.Sum(nil)
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		if rsa.VerifyPKCS1v15(k, crypto.SHA256, digest, s.b) != nil {
+			return errors.New("signature did not verify")
+		}
+	case ed25519.PublicKey:
+		if !ed25519.Verify(k, digest, s.b) {
+			return errors.New("signature did not verify")
+		}
+	default:
+		return errors.New("no usable key")
+	}
+	return nil
+}
+
+// ReportsDMARCPass reports whether the latest set's
+// ARC-Authentication-Results, which a passing chain vouches for, say
+// dmarc=pass for the Author Domain dom (the header.from property, RFC
+// 8601 §2.2 resinfo syntax). Only a pass for that very domain counts: a
+// sealed verdict about some other From must not carry over.
+func (r ARCResult) ReportsDMARCPass(dom string) bool {
+	if r.Result != ARCPass || dom == "" {
+		return false
+	}
+	for _, part := range splitResinfo(r.AAR)[1:] {
+		// method "=" result *(ptype "." property "=" value)
+		toks := arTokens(part, 64)
+		if len(toks) < 3 || !strings.EqualFold(toks[0], "dmarc") || toks[1] != "=" || !strings.EqualFold(toks[2], "pass") {
+			continue
+		}
+		for i := 3; i+2 < len(toks); i++ {
+			if strings.EqualFold(toks[i], "header.from") && toks[i+1] == "=" {
+				if d, err := domain.Normalize(toks[i+2]); err == nil && d == dom {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
