@@ -244,6 +244,13 @@ func (c *arcCheck) finish(ctx context.Context, buf []byte, fields []headerField)
 	c.done = true
 	n := len(c.sets)
 	wait := func(s *lengthSig) bool {
+		// A key already in wins over a deadline passed meanwhile (select
+		// picks at random among ready cases).
+		select {
+		case <-s.keyDone:
+			return true
+		default:
+		}
 		select {
 		case <-s.keyDone:
 			return true

@@ -403,12 +403,18 @@ func (v *DKIMVerifier) Finish() []DKIMResult {
 		waitErr = errors.New("verification aborted")
 	default:
 		_ = pw.Close()
+		// A verification already done wins over a deadline passed
+		// meanwhile: select picks at random among ready cases.
 		select {
 		case <-v.done:
-		case <-v.ctx.Done():
-			// The pipe is already closed; cancelling the context (below)
-			// releases a key lookup still in flight.
-			waitErr = fmt.Errorf("verification unfinished: %w", v.ctx.Err())
+		default:
+			select {
+			case <-v.done:
+			case <-v.ctx.Done():
+				// The pipe is already closed; cancelling the context (below)
+				// releases a key lookup still in flight.
+				waitErr = fmt.Errorf("verification unfinished: %w", v.ctx.Err())
+			}
 		}
 	}
 	results := v.mapResults(waitErr)
@@ -486,8 +492,12 @@ func (v *DKIMVerifier) finishOwn(ls *lengthSig, waitErr error) (string, error) {
 	}
 	select {
 	case <-ls.keyDone:
-	case <-v.ctx.Done():
-		return DKIMTempError, fmt.Errorf("key lookup unfinished: %w", v.ctx.Err())
+	default:
+		select {
+		case <-ls.keyDone:
+		case <-v.ctx.Done():
+			return DKIMTempError, fmt.Errorf("key lookup unfinished: %w", v.ctx.Err())
+		}
 	}
 	return ls.verify(v.header.Bytes(), v.fields)
 }

@@ -27,9 +27,10 @@ type Transaction struct {
 	srv *Server
 	cfg *Config
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	start  time.Time
+	ctx         context.Context
+	cancelCause context.CancelCauseFunc
+	budget      *time.Timer // the DNS budget, from EndHeaders
+	start       time.Time
 
 	Conn     ConnInfo
 	MailFrom string
@@ -66,8 +67,13 @@ func (s *Server) Begin(cfg *Config, conn ConnInfo, mailFrom, authenticated strin
 	if cfg == nil {
 		cfg = s.currentConfig()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.MessageTimeout)
-	t := &Transaction{srv: s, cfg: cfg, ctx: ctx, cancel: cancel, start: time.Now(), Conn: conn, MailFrom: mailFrom, disc: map[string]chan *policy.Discovery{}}
+	// The DNS budget starts at the end of the header, not here: Postfix
+	// sends the header only once the client has finished DATA, and a
+	// slow DATA must not use up the time of lookups that start after it
+	// (a spurious temperror, 451 on every retry). SPF, which starts now,
+	// is bounded by the resolver's per-query timeouts until then.
+	ctx, cancel := context.WithCancelCause(context.Background())
+	t := &Transaction{srv: s, cfg: cfg, ctx: ctx, cancelCause: cancel, start: time.Now(), Conn: conn, MailFrom: mailFrom, disc: map[string]chan *policy.Discovery{}}
 	if cfg.SkipAuthenticated && authenticated != "" {
 		t.Skip = "authenticated"
 		return t
@@ -173,6 +179,19 @@ func (t *Transaction) EndHeaders() {
 		}(d)
 	}
 	t.dkim.EndHeaders()
+	t.startBudget()
+}
+
+// errBudget is the cause of a transaction's context ending at its
+// DNS budget.
+var errBudget = fmt.Errorf("message DNS budget exhausted: %w", context.DeadlineExceeded)
+
+// startBudget starts the per-message DNS budget (Config.MessageTimeout)
+// once; EndHeaders calls it, and Finish for a message that had none.
+func (t *Transaction) startBudget() {
+	if t.budget == nil {
+		t.budget = time.AfterFunc(t.cfg.MessageTimeout, func() { t.cancelCause(errBudget) })
+	}
 }
 
 // maxAuthorDomains and maxFromValues bound the work From fields can
@@ -197,7 +216,10 @@ func (t *Transaction) Abort() {
 	if t.dkim != nil {
 		t.dkim.Abort()
 	}
-	t.cancel()
+	if t.budget != nil {
+		t.budget.Stop()
+	}
+	t.cancelCause(context.Canceled)
 }
 
 // Finish waits for SPF, DKIM and the DMARC lookups (bounded by the message
@@ -289,10 +311,17 @@ type Decision struct {
 
 func (t *Transaction) decide() *Decision {
 	d := &Decision{Author: t.author, AuthorErr: t.authorErr}
+	t.startBudget()
+	// A result already in wins over a budget that ran out meanwhile
+	// (select picks at random among ready cases); likewise below.
 	select {
 	case d.SPF = <-t.spf:
-	case <-t.ctx.Done():
-		d.SPF = auth.SPFResult{Result: "temperror", Err: fmt.Errorf("spf: %w", t.ctx.Err())}
+	default:
+		select {
+		case d.SPF = <-t.spf:
+		case <-t.ctx.Done():
+			d.SPF = auth.SPFResult{Result: "temperror", Err: fmt.Errorf("spf: %w", context.Cause(t.ctx))}
+		}
 	}
 	d.DKIM = t.dkim.Finish()
 	d.ARC = t.dkim.ARC()
@@ -359,7 +388,11 @@ func (t *Transaction) decide() *Decision {
 		var disc *policy.Discovery
 		select {
 		case disc = <-t.disc[dom]:
-		case <-t.ctx.Done():
+		default:
+			select {
+			case disc = <-t.disc[dom]:
+			case <-t.ctx.Done():
+			}
 		}
 		var ev policy.Evaluation
 		if disc == nil {

@@ -254,3 +254,38 @@ func TestHideResolver(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetStartsAtEndOfHeader: Postfix hands the header over only after
+// the client's DATA has ended, so a DATA phase longer than the message
+// budget must not turn healthy DNS into temperror (a 451 on every retry).
+func TestBudgetStartsAtEndOfHeader(t *testing.T) {
+	dsrv, err := dnstest.Start(loadZone(t, "milter.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dsrv.Close()
+	res, err := dnsres.New(dnsres.Config{Servers: []string{dsrv.Addr()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Close()
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	cfg.MessageTimeout = 500 * time.Millisecond
+	srv, err := NewServer(cfg, Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, policy.Options{}), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields, body := signedAligned(t)
+	tx := srv.Begin(nil, ConnInfo{IP: net.ParseIP("192.0.2.10"), Helo: "mx.aligned.example"}, "bounce@aligned.example", "")
+	time.Sleep(2 * cfg.MessageTimeout) // the client's DATA
+	for _, f := range fields {
+		tx.AddHeader(f.Name, f.Value)
+	}
+	tx.EndHeaders()
+	tx.WriteBody(body)
+	d := tx.Finish()
+	if d.SPF.Result != "pass" || len(d.DKIM) != 1 || d.DKIM[0].Result != "pass" || len(d.Evals) != 1 || d.Evals[0].Result != policy.ResultPass {
+		t.Fatalf("after a slow DATA: %s", d.AuthResults)
+	}
+}
