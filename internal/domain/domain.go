@@ -12,13 +12,27 @@ import (
 // ErrInvalid is returned for names that cannot be a host name.
 var ErrInvalid = errors.New("domain: invalid name")
 
+// dots are the label separators of RFC 3490 §3.1: full stop, ideographic
+// full stop, fullwidth full stop, halfwidth ideographic full stop.
+var dots = []string{".", "\u3002", "\uff0e", "\uff61"}
+
 // Normalize lower-cases name, strips one trailing dot and converts U-labels
 // to A-labels (RFC 5890), so that "Mail.Example.COM." and "mail.example.com"
 // compare equal and golang.org/x/net/publicsuffix (case-sensitive, no
 // trailing dot, A-labels only; see LIBRARIES.md) sees what it expects.
 func Normalize(name string) (string, error) {
 	name = strings.TrimSpace(name)
-	name = strings.TrimSuffix(name, ".")
+	// The trailing dot goes before ToASCII, which would map a trailing
+	// U+3002 to "." and leave an empty last label: "bank.test。" would
+	// then be invalid where "bank.test." is bank.test, and a From that
+	// MUAs show as bank.test would escape its policy wherever a malformed
+	// From is accepted. Only one, as for the ASCII dot.
+	for _, dot := range dots {
+		if strings.HasSuffix(name, dot) {
+			name = name[:len(name)-len(dot)] // RFC 3490 §3.1: any of them separates labels
+			break
+		}
+	}
 	if name == "" || len(name) > 253 {
 		return "", ErrInvalid
 	}
