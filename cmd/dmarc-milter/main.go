@@ -224,16 +224,28 @@ func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 	return st, nil
 }
 
+// syslogNetwork and syslogAddr are where log_output = "syslog" sends:
+// empty for the local syslog (/dev/log); tests point them at a socket of
+// their own.
+var syslogNetwork, syslogAddr string
+
 func newLogger(st Settings, w io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(st.LogLevel))
 	opts := &slog.HandlerOptions{Level: lvl}
+	newHandler := func(w io.Writer) slog.Handler {
+		if st.LogFormat == "json" {
+			return slog.NewJSONHandler(w, opts)
+		}
+		return slog.NewTextHandler(w, opts)
+	}
 	if st.LogOutput == "syslog" {
-		sw, err := syslog.New(syslog.LOG_MAIL|syslog.LOG_INFO, "dmarc-milter")
+		// The priority given here is only the default; each record is
+		// sent at its own severity below.
+		sw, err := syslog.Dial(syslogNetwork, syslogAddr, syslog.LOG_MAIL|syslog.LOG_INFO, "dmarc-milter")
 		if err != nil {
 			return nil, fmt.Errorf("log_output syslog: %w", err)
 		}
-		w = sw
 		// syslog stamps the time itself.
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
@@ -241,11 +253,67 @@ func newLogger(st Settings, w io.Writer) (*slog.Logger, error) {
 			}
 			return a
 		}
+		return slog.New(newSyslogHandler(sw, newHandler)), nil
 	}
-	if st.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	return slog.New(newHandler(w)), nil
+}
+
+// syslogHandler sends each record at the syslog severity of its level, so
+// that an error reaches mail.err (and whatever the site routes there)
+// rather than mail.info. One inner handler per severity: slog handlers
+// write each record in a single Write, which becomes one syslog message.
+type syslogHandler struct {
+	debug, info, warn, err slog.Handler
+}
+
+// syslogSeverity adapts one severity method of a syslog.Writer to the
+// io.Writer a slog handler writes to.
+type syslogSeverity func(string) error
+
+func (f syslogSeverity) Write(p []byte) (int, error) {
+	if err := f(string(p)); err != nil {
+		return 0, err
 	}
-	return slog.New(slog.NewTextHandler(w, opts)), nil
+	return len(p), nil
+}
+
+func newSyslogHandler(sw *syslog.Writer, newHandler func(io.Writer) slog.Handler) *syslogHandler {
+	return &syslogHandler{
+		debug: newHandler(syslogSeverity(sw.Debug)),
+		info:  newHandler(syslogSeverity(sw.Info)),
+		warn:  newHandler(syslogSeverity(sw.Warning)),
+		err:   newHandler(syslogSeverity(sw.Err)),
+	}
+}
+
+// pick maps slog's levels to RFC 5424 severities; levels between the
+// named ones go to the one below (slog.LevelWarn-1 is info).
+func (h *syslogHandler) pick(l slog.Level) slog.Handler {
+	switch {
+	case l >= slog.LevelError:
+		return h.err
+	case l >= slog.LevelWarn:
+		return h.warn
+	case l >= slog.LevelInfo:
+		return h.info
+	}
+	return h.debug
+}
+
+func (h *syslogHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.pick(l).Enabled(ctx, l)
+}
+
+func (h *syslogHandler) Handle(ctx context.Context, r slog.Record) error {
+	return h.pick(r.Level).Handle(ctx, r)
+}
+
+func (h *syslogHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &syslogHandler{h.debug.WithAttrs(as), h.info.WithAttrs(as), h.warn.WithAttrs(as), h.err.WithAttrs(as)}
+}
+
+func (h *syslogHandler) WithGroup(name string) slog.Handler {
+	return &syslogHandler{h.debug.WithGroup(name), h.info.WithGroup(name), h.warn.WithGroup(name), h.err.WithGroup(name)}
 }
 
 // buildDeps builds the parts shared by all sessions from the settings.
