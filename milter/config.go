@@ -66,10 +66,9 @@ type Config struct {
 	// the latest (trustedARC says why each condition is needed).
 	TrustedARC []string
 	// RecipientModes maps a recipient domain (and its subdomains) to
-	// "enforce", "monitor" or "off", for shared hosting. With recipients
-	// in several modes the most lenient wins (off, then monitor): one
-	// milter reply covers the whole message, and a customer who turned
-	// DMARC off must not lose mail because a co-recipient enforces it.
+	// "enforce", "monitor" or "off", for shared hosting. One milter reply
+	// covers the whole message, so Transaction.AddRcpt defers recipients
+	// whose mode differs from the first one's.
 	RecipientModes map[string]string
 }
 

@@ -142,13 +142,20 @@ func (c *mtaConn) trySend(env envelope, fields []testcase.Field, body []byte) (o
 	if len(rcpts) == 0 {
 		rcpts = []string{"sink@lab.test"}
 	}
+	// Like an MTA: a refused recipient is dropped and the others go on;
+	// with none left, the refusal is the transaction's.
+	var last *gomilter.Action
 	for _, r := range rcpts {
 		if act, err = c.s.Rcpt(r, nil); err != nil {
 			return o, err
 		}
 		if act.Code != gomilter.ActContinue {
-			return final(o, act), nil
+			o.Deferred, last = append(o.Deferred, r), act
 		}
+	}
+	if len(o.Deferred) == len(rcpts) {
+		o.Deferred = nil
+		return final(o, last), nil
 	}
 	for _, f := range fields {
 		// Postfix sends folded lines with LF only (LIBRARIES.md).

@@ -15,8 +15,9 @@ import (
 var modeRank = map[string]int{"off": 0, "monitor": 1, "enforce": 2}
 
 // effectiveMode is the mode for this message: the global one, unless the
-// recipients' domains have their own; with several, the most lenient
-// (Config.RecipientModes says why).
+// recipients' domains have their own. AddRcpt keeps one mode per
+// transaction; were several to get in anyway (a caller that ignores its
+// reply), the most lenient wins.
 func (t *Transaction) effectiveMode() (mode, why string) {
 	mode = t.cfg.Mode
 	if len(t.cfg.RecipientModes) == 0 || len(t.Rcpts) == 0 {
@@ -24,27 +25,36 @@ func (t *Transaction) effectiveMode() (mode, why string) {
 	}
 	best, bestWhy := "", ""
 	for _, r := range t.Rcpts {
-		m, w := t.cfg.Mode, ""
-		if at := strings.LastIndexByte(r, '@'); at >= 0 {
-			if d, err := domain.Normalize(strings.Trim(r[at+1:], "<> ")); err == nil {
-				for i := 0; i < 128; i++ {
-					if rm, ok := t.cfg.RecipientModes[d]; ok {
-						m, w = rm, "recipient domain "+d+" is "+rm
-						break
-					}
-					dot := strings.IndexByte(d, '.')
-					if dot < 0 {
-						break
-					}
-					d = d[dot+1:]
-				}
-			}
-		}
+		m, w := t.rcptMode(r)
 		if best == "" || modeRank[m] < modeRank[best] {
 			best, bestWhy = m, w
 		}
 	}
 	return best, bestWhy
+}
+
+// rcptMode is the mode for one recipient: its domain's, the nearest
+// parent's, or the global one.
+func (t *Transaction) rcptMode(r string) (mode, why string) {
+	at := strings.LastIndexByte(r, '@')
+	if at < 0 {
+		return t.cfg.Mode, ""
+	}
+	d, err := domain.Normalize(strings.Trim(r[at+1:], "<> "))
+	if err != nil {
+		return t.cfg.Mode, ""
+	}
+	for i := 0; i < 128; i++ {
+		if rm, ok := t.cfg.RecipientModes[d]; ok {
+			return rm, "recipient domain " + d + " is " + rm
+		}
+		dot := strings.IndexByte(d, '.')
+		if dot < 0 {
+			break
+		}
+		d = d[dot+1:]
+	}
+	return t.cfg.Mode, ""
 }
 
 // trustedARC names the trusted upstream whose sealed verdict vouches for

@@ -77,7 +77,7 @@ func TestLocalPolicy(t *testing.T) {
 		{"untrusted sealer", "198.51.100.1", nil, arcUntrusted, sbody, "reject", "none", ""},
 		{"recipient monitor mode", "198.51.100.1", []string{"a@watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
 		{"recipient off: no header", "198.51.100.1", []string{"a@optout.example"}, spoof, sbody, "accept", "delivered", "-"},
-		{"mixed recipients: most lenient", "198.51.100.1", []string{"a@lab.test", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
+		{"recipients of one mode: parent and subdomain", "198.51.100.1", []string{"a@watch.example", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
 		{"enforced recipient", "198.51.100.1", []string{"a@lab.test"}, spoof, sbody, "reject", "none", ""},
 	}
 	for _, tt := range tests {
@@ -105,6 +105,60 @@ func TestLocalPolicy(t *testing.T) {
 				if len(ours) != 1 || !strings.Contains(strings.Join(strings.Fields(ours[0]), " "), tt.arContains) {
 					t.Errorf("A-R %q does not contain %q", ours, tt.arContains)
 				}
+			}
+		})
+	}
+}
+
+// TestRecipientModesSplit: recipients whose domains have different modes
+// never share a transaction, so that neither mode can be bypassed
+// through the other: the first recipient sets the mode, the others are
+// deferred with 452 4.5.3 and come back in their own transaction.
+func TestRecipientModesSplit(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	cfg.RecipientModes = map[string]string{"watch.example": "monitor", "optout.example": "off"}
+	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
+	spoof, sbody, _ := testcase.SplitMessage(readMessage(t, "spoof"))
+	forged := append([]testcase.Field{{Name: "Authentication-Results", Value: " lab.test; dmarc=pass header.from=aligned.example"}}, spoof...)
+	tests := []struct {
+		name     string
+		rcpt     []string
+		smtp     string
+		deferred []string
+		ar       string // "" none of ours, else a part of it
+	}{
+		{"off domain added to an enforcing one", []string{"a@lab.test", "b@optout.example"}, "reject", []string{"b@optout.example"}, ""},
+		{"enforcing domain added to an off one", []string{"b@optout.example", "a@lab.test"}, "accept", []string{"a@lab.test"}, ""},
+		{"monitor after enforce", []string{"a@lab.test", "c@watch.example", "d@lab.test"}, "reject", []string{"c@watch.example"}, ""},
+		{"monitor first", []string{"c@watch.example", "a@lab.test"}, "accept", []string{"a@lab.test"}, "dmarc=fail"},
+		{"the deferred one alone", []string{"a@lab.test"}, "reject", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialMilter(t, tm.addr)
+			if _, err := c.connect("client.example", "198.51.100.1", "h.example"); err != nil {
+				t.Fatal(err)
+			}
+			o := c.send(t, envelope{MailFrom: "x@attacker.example.org", Rcpt: tt.rcpt}, forged, sbody)
+			if o.SMTP != tt.smtp || strings.Join(o.Deferred, ",") != strings.Join(tt.deferred, ",") {
+				t.Fatalf("got %s (%s), deferred %q; want %s, deferred %q", o.SMTP, o.Reply, o.Deferred, tt.smtp, tt.deferred)
+			}
+			if o.SMTP != "accept" {
+				return
+			}
+			var ours []string
+			for _, v := range arValues(o.Header) {
+				if strings.HasPrefix(strings.TrimSpace(v), "lab.test;") {
+					ours = append(ours, v)
+				}
+			}
+			// The forged field with our id is gone even when DMARC is off.
+			switch {
+			case tt.ar == "" && len(ours) != 0:
+				t.Errorf("A-R with our id delivered: %q", ours)
+			case tt.ar != "" && (len(ours) != 1 || !strings.Contains(ours[0], tt.ar)):
+				t.Errorf("A-R %q, want one containing %q", ours, tt.ar)
 			}
 		})
 	}

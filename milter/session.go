@@ -150,7 +150,11 @@ func (s *session) RcptTo(rcpt string, m *gomilter.Modifier) (resp gomilter.Respo
 	}
 	s.hook("rcpt")
 	if s.tx != nil {
-		s.tx.AddRcpt(rcpt)
+		if r := s.tx.AddRcpt(rcpt); r != "" {
+			// A custom reply is not final: the session and the other
+			// recipients go on (LIBRARIES.md, go-milter).
+			return reply(r), nil
+		}
 	}
 	return gomilter.RespContinue, nil
 }
@@ -234,9 +238,25 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	}
 	d := tx.Finish()
 	if d == nil {
+		// Not evaluated, but forged A-R fields with our id still go.
+		if err := removeAR(m, tx.ForgedAR()); err != nil {
+			return nil, err
+		}
 		return gomilter.RespContinue, nil
 	}
 	return s.act(m, d)
+}
+
+// removeAR deletes the A-R fields at the 1-based indexes idx, from the
+// highest index down: each deletion shifts the indexes of the fields
+// below it (go-milter #31, OpenDKIM CVE-2022-48521).
+func removeAR(m *gomilter.Modifier, idx []int) error {
+	for i := len(idx) - 1; i >= 0; i-- {
+		if err := m.ChangeHeader(idx[i], "Authentication-Results", ""); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // act sends the decision to the MTA. Nothing here returns a final
@@ -247,13 +267,8 @@ func (s *session) act(m *gomilter.Modifier, d *Decision) (gomilter.Response, err
 		// Header changes would be thrown away with the message.
 		return reply(d.Reply), nil
 	}
-	// Delete from the highest index down: each deletion shifts the
-	// indexes of the fields below it (go-milter #31, OpenDKIM
-	// CVE-2022-48521).
-	for i := len(d.RemoveAR) - 1; i >= 0; i-- {
-		if err := m.ChangeHeader(d.RemoveAR[i], "Authentication-Results", ""); err != nil {
-			return nil, err
-		}
+	if err := removeAR(m, d.RemoveAR); err != nil {
+		return nil, err
 	}
 	// RFC 8601 §5: ours goes on top, above anything it vouches for.
 	if err := m.InsertHeader(0, "Authentication-Results", d.AuthResults); err != nil {

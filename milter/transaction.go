@@ -56,8 +56,9 @@ type Transaction struct {
 	tooMany error
 	disc    map[string]chan *policy.Discovery
 
-	mode  string // effective mode, set by Finish
-	facts *policy.LocalFacts
+	mode      string // effective mode, set by Finish
+	rcptMode0 string // the mode of the first recipient
+	facts     *policy.LocalFacts
 }
 
 // Begin starts a transaction at MAIL FROM. SPF starts now, in the
@@ -97,30 +98,48 @@ func (s *Server) Begin(cfg *Config, conn ConnInfo, mailFrom, authenticated strin
 	return t
 }
 
-// AddRcpt records an envelope recipient.
-func (t *Transaction) AddRcpt(rcpt string) {
+// AddRcpt records an envelope recipient, or returns the reply that
+// defers it: one milter answer covers the whole message, so a recipient
+// whose domain has another mode (Config.RecipientModes) than the first
+// one is sent back with 452 4.5.3, and the client delivers it in a
+// transaction of its own (RFC 5321 §4.5.3.1.10 has clients retry such
+// recipients later). Neither mode can then be bypassed: adding a
+// recipient in an "off" domain must not switch DMARC off for the
+// enforcing ones, and an enforcing co-recipient must not reject mail for
+// a domain that turned DMARC off.
+func (t *Transaction) AddRcpt(rcpt string) (reply string) {
+	if len(t.cfg.RecipientModes) > 0 && t.Skip == "" {
+		m, _ := t.rcptMode(rcpt)
+		if len(t.Rcpts) > 0 && m != t.rcptMode0 {
+			return "452 4.5.3 Recipient has other DMARC settings than the others, send it separately"
+		}
+		t.rcptMode0 = m
+	}
 	if len(t.Rcpts) < 1000 {
 		t.Rcpts = append(t.Rcpts, rcpt)
 	}
+	return ""
 }
 
 // AddHeader takes one header field in message order, the value as the
 // MTA sends it with OptHeaderLeadingSpace (leading space kept, folded
 // lines joined by LF).
 func (t *Transaction) AddHeader(name, value string) {
-	if t.Skip != "" {
-		return
-	}
 	// The per-name index counts every field of that name, kept or not,
 	// because the MTA's change-header index does.
 	isAR := strings.EqualFold(name, "Authentication-Results")
 	if isAR {
 		t.arCount++
 		// RFC 8601 §5: fields claiming our authserv-id that arrive from
-		// outside are forgeries and must go, even past the size limit.
-		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) {
+		// outside are forgeries and must go, even past the size limit,
+		// and even on mail we do not evaluate (a SASL client, a domain
+		// with DMARC off): downstream filters trust our id whatever.
+		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) && len(t.arIndexes) < maxForgedAR {
 			t.arIndexes = append(t.arIndexes, t.arCount)
 		}
+	}
+	if t.Skip != "" {
+		return
 	}
 	isFrom := strings.EqualFold(name, "From")
 	t.headerBytes += len(name) + len(value) + 3
@@ -194,6 +213,14 @@ func (t *Transaction) startBudget() {
 	}
 }
 
+// maxForgedAR bounds the forged A-R fields removed from one message; a
+// header of 10,000 of them costs as many milter packets to delete.
+const maxForgedAR = 1000
+
+// ForgedAR returns the 1-based indexes of the Authentication-Results
+// fields that carry our authserv-id, to delete (evaluated or not).
+func (t *Transaction) ForgedAR() []int { return append([]int(nil), t.arIndexes...) }
+
 // maxAuthorDomains and maxFromValues bound the work From fields can
 // cause. A message past either is refused (see decide), never delivered
 // with the rest unevaluated.
@@ -243,7 +270,7 @@ func (t *Transaction) Finish() *Decision {
 		d.Why = strings.TrimPrefix(d.Why+"; "+modeWhy, "; ")
 	}
 	d.AuthResults = t.formatAR(d)
-	d.RemoveAR = append([]int(nil), t.arIndexes...)
+	d.RemoveAR = t.ForgedAR()
 	if d.Action == ActionQuarantine && t.cfg.Quarantine == "tag" {
 		name, value, _ := strings.Cut(t.cfg.QuarantineHeader, ":")
 		d.TagHeader = [2]string{strings.TrimSpace(name), " " + strings.TrimSpace(value)}

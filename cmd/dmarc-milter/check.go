@@ -100,7 +100,9 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	tx := srv.Begin(nil, milter.ConnInfo{Host: *helo, IP: addr, Helo: *helo}, sender, "")
 	for _, r := range rcpts {
-		tx.AddRcpt(r)
+		if reply := tx.AddRcpt(r); reply != "" {
+			fmt.Fprintf(w, "rcpt %s: %s (the sender retries it in a transaction of its own)\n", r, reply)
+		}
 	}
 	for _, f := range fields {
 		tx.AddHeader(f[0], f[1])

@@ -11,6 +11,8 @@ type Outcome struct {
 	SMTP  string // accept | reject | tempfail
 	Queue string // delivered | hold | none
 	Reply string // the SMTP reply text, if any
+	// Deferred are the recipients refused at RCPT while others went on.
+	Deferred []string
 	// Header is the delivered header after the milter's changes; nil if
 	// nothing was accepted.
 	Header []Field
