@@ -20,6 +20,11 @@ func TestThroughRealDNS(t *testing.T) {
 		dnstest.Record{Name: "broken.test", Type: "TXT", Value: "v=spf1 include:down.test -all"},
 		dnstest.Record{Name: "down.test", Behavior: "servfail"},
 		dnstest.Record{Name: "slow.test", Behavior: "timeout"},
+		// RFC 7208 §4.6.4: NODATA is a void lookup as NXDOMAIN is; two
+		// pass, the third is a permerror.
+		dnstest.Record{Name: "void2.spf.test", Type: "TXT", Value: "v=spf1 a:nodata.spf.test mx:nx.spf.test ip4:192.0.2.0/24 -all"},
+		dnstest.Record{Name: "void3.spf.test", Type: "TXT", Value: "v=spf1 a:nodata.spf.test mx:nodata.spf.test exists:nodata.spf.test ip4:192.0.2.0/24 -all"},
+		dnstest.Record{Name: "nodata.spf.test", Type: "TXT", Value: "no address here"},
 		dnstest.Record{Name: "sel._domainkey.x.test", Type: "TXT", DKIMKey: "rsa2048"},
 		dnstest.Record{Name: "dead._domainkey.x.test", Behavior: "servfail"},
 	); err != nil {
@@ -43,6 +48,8 @@ func TestThroughRealDNS(t *testing.T) {
 		{"a@broken.test", SPFTempError},
 		{"a@slow.test", SPFTempError},
 		{"a@nothing.test", SPFNone},
+		{"a@void2.spf.test", SPFPass},
+		{"a@void3.spf.test", SPFPermError},
 	}
 	for _, tc := range spfTests {
 		if got := CheckSPF(ctx, r, ip, "h.test", tc.from); got.Result != tc.want {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"blitiri.com.ar/go/spf"
 )
 
 // fakeDNS is a map resolver for SPF tests: NXDOMAIN for unknown names,
@@ -92,9 +94,28 @@ func TestCheckSPF(t *testing.T) {
 			"void.test":          {"v=spf1 a:nx1.test a:nx2.test a:nx3.test ip4:192.0.2.0/24 -all"},
 			"wrap.test":          {"v=spf1 include:wrapped.test -all"},
 			"xn--zrich-kva.test": {"v=spf1 ip4:192.0.2.0/24 -all"},
+			// RFC 7208 §4.6.4: include, a, mx, ptr, exists and redirect
+			// count; ten of them is still within the limit, the eleventh
+			// is a permerror. The MX hosts' address lookups do not count.
+			"ten.test":      {"v=spf1 include:ten-inc.test mx:ten-mx.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test redirect=ten-last.test"},
+			"eleven.test":   {"v=spf1 include:ten-inc.test mx:ten-mx.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test a:ten-a.test redirect=ten-last.test"},
+			"ten-inc.test":  {"v=spf1 -all"},
+			"ten-last.test": {"v=spf1 a:ten-hit.test -all"},
+			// RFC 7208 §4.6.4: a void lookup is NXDOMAIN or an empty
+			// answer (NODATA); two are allowed, the third is a permerror,
+			// also when it comes from an included record.
+			"void2.test":        {"v=spf1 a:nx1.test mx:nodata1.test ip4:192.0.2.0/24 -all"},
+			"void2nodata.test":  {"v=spf1 a:nodata1.test exists:nodata2.test ip4:192.0.2.0/24 -all"},
+			"void3nodata.test":  {"v=spf1 a:nodata1.test mx:nodata2.test exists:nodata3.test ip4:192.0.2.0/24 -all"},
+			"void3include.test": {"v=spf1 a:nx1.test include:void-inc.test ip4:192.0.2.0/24 -all"},
+			"void-inc.test":     {"v=spf1 mx:nodata1.test a:nx2.test -all"},
+			"nodata1.test":      {"not an address"},
+			"nodata2.test":      {"not an address"},
+			"nodata3.test":      {"not an address"},
 		},
-		ip:      map[string][]string{"helo.test": {"192.0.2.7"}, "mail.mx.test": {"192.0.2.8"}},
-		mx:      map[string][]string{"mx.test": {"mail.mx.test."}},
+		ip: map[string][]string{"helo.test": {"192.0.2.7"}, "mail.mx.test": {"192.0.2.8"},
+			"ten-a.test": {"192.0.2.200"}, "mail.ten-mx.test": {"192.0.2.201"}, "ten-hit.test": {"192.0.2.7"}},
+		mx:      map[string][]string{"mx.test": {"mail.mx.test."}, "ten-mx.test": {"mail.ten-mx.test."}},
 		fail:    map[string]bool{"servfail.test": true, "down.test": true},
 		wrapped: map[string]bool{"wrapped.test": true, "wrappedtop.test": true},
 	}
@@ -126,6 +147,12 @@ func TestCheckSPF(t *testing.T) {
 		{"mx", net.ParseIP("192.0.2.8"), "h.test", "a@mx.test", SPFPass, "mailfrom", "mx.test", "a@mx.test"},
 		{"lookup limit", ip, "h.test", "a@chain0.test", SPFPermError, "mailfrom", "chain0.test", "a@chain0.test"},
 		{"void lookup limit", ip, "h.test", "a@void.test", SPFPermError, "mailfrom", "void.test", "a@void.test"},
+		{"exactly ten lookups", ip, "h.test", "a@ten.test", SPFPass, "mailfrom", "ten.test", "a@ten.test"},
+		{"eleven lookups", ip, "h.test", "a@eleven.test", SPFPermError, "mailfrom", "eleven.test", "a@eleven.test"},
+		{"exactly two void lookups", ip, "h.test", "a@void2.test", SPFPass, "mailfrom", "void2.test", "a@void2.test"},
+		{"two void lookups by nodata", ip, "h.test", "a@void2nodata.test", SPFPass, "mailfrom", "void2nodata.test", "a@void2nodata.test"},
+		{"third void lookup by nodata", ip, "h.test", "a@void3nodata.test", SPFPermError, "mailfrom", "void3nodata.test", "a@void3nodata.test"},
+		{"third void lookup in include", ip, "h.test", "a@void3include.test", SPFPermError, "mailfrom", "void3include.test", "a@void3include.test"},
 		{"null path uses helo", ip, "HELO.test", "", SPFPass, "helo", "helo.test", "postmaster@helo.test"},
 		{"null path helo fail", net.ParseIP("192.0.2.99"), "helo.test", "<>", SPFFail, "helo", "helo.test", "postmaster@helo.test"},
 		{"null path address literal helo", ip, "[192.0.2.7]", "", SPFNone, "helo", "", ""},
@@ -140,11 +167,22 @@ func TestCheckSPF(t *testing.T) {
 		{"invalid ip", nil, "h.test", "a@pass.test", SPFPermError, "mailfrom", "pass.test", "a@pass.test"},
 		{"ipv6 not listed", net.ParseIP("2001:db8::1"), "h.test", "a@pass.test", SPFFail, "mailfrom", "pass.test", "a@pass.test"},
 	}
+	// The limit rows must fail on the limit, not on something else.
+	wantErr := map[string]error{
+		"lookup limit":                 spf.ErrLookupLimitReached,
+		"eleven lookups":               spf.ErrLookupLimitReached,
+		"void lookup limit":            spf.ErrVoidLookupLimitReached,
+		"third void lookup by nodata":  spf.ErrVoidLookupLimitReached,
+		"third void lookup in include": spf.ErrVoidLookupLimitReached,
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			got := CheckSPF(context.Background(), dns, tc.ip, tc.helo, tc.mailFrom)
 			if got.Result != tc.result || got.Identity != tc.identity || got.Domain != tc.dom || got.Sender != tc.sender {
 				t.Errorf("got %+v; want %s %s %s %s", got, tc.result, tc.identity, tc.dom, tc.sender)
+			}
+			if want := wantErr[tc.name]; want != nil && !errors.Is(got.Err, want) {
+				t.Errorf("error %v, want %v", got.Err, want)
 			}
 		})
 	}
