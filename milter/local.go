@@ -1,6 +1,8 @@
 package milter
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -93,9 +95,13 @@ func (t *Transaction) localFacts() policy.LocalFacts {
 		return *t.facts
 	}
 	var f policy.LocalFacts
-	f.Forwarder = t.matchClient(t.cfg.Forwarders, t.cfg.ForwarderHosts)
+	var unsure, unsureML string
+	f.Forwarder, unsure = t.matchClient(t.cfg.Forwarders, t.cfg.ForwarderHosts)
 	if f.Forwarder == "" {
-		f.MailingList = t.matchClient(t.cfg.MailingLists, t.cfg.MailingListHosts)
+		f.MailingList, unsureML = t.matchClient(t.cfg.MailingLists, t.cfg.MailingListHosts)
+	}
+	if f.Forwarder == "" && f.MailingList == "" {
+		t.clientUnsure = cmp.Or(unsure, unsureML)
 	}
 	t.facts = &f
 	return f
@@ -104,25 +110,29 @@ func (t *Transaction) localFacts() policy.LocalFacts {
 // matchClient reports the network or host name the client matches. Host
 // names count only when forward-confirmed: the PTR name must resolve back
 // to the client address, or anyone controlling their own reverse zone
-// could claim to be a trusted forwarder.
-func (t *Transaction) matchClient(nets []netip.Prefix, hosts policy.DomainSet) string {
+// could claim to be a trusted forwarder. unsure says why a temporary DNS
+// failure left the question open.
+func (t *Transaction) matchClient(nets []netip.Prefix, hosts policy.DomainSet) (match, unsure string) {
 	ip, ok := netip.AddrFromSlice(t.Conn.IP)
 	if !ok {
-		return ""
+		return "", ""
 	}
 	ip = ip.Unmap()
 	for _, p := range nets {
 		if p.Contains(ip) {
-			return p.String()
+			return p.String(), ""
 		}
 	}
 	if len(hosts) == 0 {
-		return ""
+		return "", ""
 	}
 	names, err := t.srv.deps.Resolver.LookupAddr(t.ctx, ip.String())
 	if err != nil {
 		t.srv.log.Debug("forwarder check: PTR lookup failed", "ip", ip.String(), "err", err)
-		return ""
+		if temporary(err) {
+			return "", "PTR lookup failed"
+		}
+		return "", ""
 	}
 	for i, n := range names {
 		if i >= 5 {
@@ -132,19 +142,29 @@ func (t *Transaction) matchClient(nets []netip.Prefix, hosts policy.DomainSet) s
 		if err != nil {
 			continue
 		}
-		match, ok := hosts.Match(d)
+		m, ok := hosts.Match(d)
 		if !ok {
 			continue
 		}
 		addrs, err := t.srv.deps.Resolver.LookupIPAddr(t.ctx, d)
 		if err != nil {
+			if temporary(err) && unsure == "" {
+				unsure = "address lookup of " + d + " failed"
+			}
 			continue
 		}
 		for _, a := range addrs {
 			if a.IP.Equal(net.IP(ip.AsSlice())) {
-				return d + " (" + match + ")"
+				return d + " (" + m + ")", ""
 			}
 		}
 	}
-	return ""
+	return "", unsure
+}
+
+// temporary reports a DNS failure that may go away (SERVFAIL, timeout, a
+// resolver out of reach), as opposed to an answer.
+func temporary(err error) bool {
+	var de *net.DNSError
+	return errors.As(err, &de) && (de.IsTemporary || de.IsTimeout)
 }

@@ -67,6 +67,8 @@ func TestLocalPolicy(t *testing.T) {
 		{"trusted forwarder network", "203.0.113.2", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
 		{"mailing list host, forward-confirmed", "203.0.113.7", nil, spoof, sbody, "accept", "delivered", "override=mailing_list"},
 		{"mailing list host, PTR not confirmed", "203.0.113.8", nil, spoof, sbody, "reject", "none", ""},
+		{"forwarder check: PTR SERVFAIL", "203.0.113.9", nil, spoof, sbody, "tempfail", "none", ""},
+		{"forwarder check: address SERVFAIL", "203.0.113.10", nil, spoof, sbody, "tempfail", "none", ""},
 		{"trusted upstream sealed dmarc=pass", "198.51.100.1", nil, arcUp, sbody, "accept", "delivered", "arc=pass (i=1 d=upstream.example); dmarc=fail (p=REJECT dis=NONE override=local_policy)"},
 		{"trusted set changed after sealing", "198.51.100.1", nil, arcUp, append([]byte("spam\r\n"), sbody...), "reject", "none", ""},
 		{"unsealed A-R naming the trusted upstream", "198.51.100.1", nil, arcPlainAR, sbody, "reject", "none", ""},

@@ -58,7 +58,10 @@ type Transaction struct {
 
 	mode      string // effective mode, set by Finish
 	rcptMode0 string // the mode of the first recipient
-	facts     *policy.LocalFacts
+	// clientUnsure says why DNS trouble left open whether the client is
+	// a listed forwarder or mailing list (localFacts).
+	clientUnsure string
+	facts        *policy.LocalFacts
 }
 
 // Begin starts a transaction at MAIL FROM. SPF starts now, in the
@@ -434,8 +437,17 @@ func (t *Transaction) decide() *Decision {
 				t.cfg.Local.Apply(&ev, f)
 			}
 		}
-		d.Evals = append(d.Evals, ev)
 		a, reply := t.actionFor(&ev)
+		if a == ActionReject && t.clientUnsure != "" && !localOverride(&ev) {
+			// The client may be a listed forwarder and DNS could not tell:
+			// a reject would bounce its mail for our DNS trouble. Never
+			// accept instead either: the client's reverse zone is its
+			// own, and failing it on purpose must not switch DMARC off.
+			a, reply = ActionTempfail, "451 4.4.3 Could not check whether the client is a trusted forwarder, try again later"
+			ev.Reasons = append(ev.Reasons, "forwarder check: "+t.clientUnsure)
+			d.Why = strings.TrimPrefix(d.Why+"; forwarder check: "+t.clientUnsure, "; ")
+		}
+		d.Evals = append(d.Evals, ev)
 		if a.severity() > d.Action.severity() {
 			d.Action, d.Reply = a, reply
 			d.Domain = ev.PolicyDomain
@@ -449,6 +461,17 @@ func (t *Transaction) decide() *Decision {
 		d.Action, d.Reply = ActionAccept, ""
 	}
 	return d
+}
+
+// localOverride reports whether local policy changed ev's disposition.
+func localOverride(ev *policy.Evaluation) bool {
+	for _, o := range ev.Overrides {
+		switch o.Type {
+		case policy.OverrideLocalPolicy, policy.OverrideTrustedForwarder, policy.OverrideMailingList:
+			return true
+		}
+	}
+	return false
 }
 
 func (t *Transaction) actionFor(ev *policy.Evaluation) (Action, string) {
