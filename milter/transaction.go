@@ -401,7 +401,10 @@ func (t *Transaction) decide() *Decision {
 		// still evaluated: "ceo@bank.test, x@[192.0.2.1]" must not get
 		// past bank.test's p=reject because its second mailbox is
 		// unusable (AuthorDomains keeps what was usable for this).
-	case len(t.author.Domains) > 1 && t.cfg.RejectMultiDomainFrom && t.mode != "monitor":
+	}
+	// After the case above too: an unusable mailbox beside two domains
+	// must not get around reject_multi_domain_from.
+	if len(t.author.Domains) > 1 && t.cfg.RejectMultiDomainFrom && t.mode != "monitor" {
 		d.Why = "From names several domains"
 		d.Action = ActionReject
 		d.Reply = "550 5.7.1 Message rejected: From names several domains"
