@@ -524,6 +524,13 @@ func (c *conversion) unsetDefaults(get func(string) (odKey, bool)) {
 // ignoreHosts converts the IgnoreHosts dataset: one entry a line, '#'
 // comments, entries an address, a network (CIDR, or an IPv4 netmask), a
 // host name, or any of these after '!' to exclude it.
+//
+// OpenDMARC's dmarcf_checkip tries the client's address from the longest
+// prefix to the shortest and stops at the first entry listed, an exclusion
+// winning over an entry of the same prefix. trusted_networks has no
+// exclusions, so each network is written as itself minus the exclusions
+// inside it, as the fewest prefixes that cover exactly the rest: the
+// excluded hosts are evaluated, as they were.
 func (c *conversion) ignoreHosts(k odKey, from, baseDir string) {
 	path := k.value
 	if !filepath.IsAbs(path) {
@@ -536,14 +543,12 @@ func (c *conversion) ignoreHosts(k odKey, from, baseDir string) {
 		c.fail(k, "cannot read the dataset: %v", err)
 		return
 	}
-	var nets []string
-	seen := map[string]bool{}
-	add := func(p netip.Prefix) {
-		if s := p.Masked().String(); !seen[s] {
-			seen[s] = true
-			nets = append(nets, s)
-		}
+	type entry struct {
+		p     netip.Prefix
+		text  string // as written
+		where string // file:line
 	}
+	var kept, excluded []entry
 	var skipped []string
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
@@ -554,25 +559,32 @@ func (c *conversion) ignoreHosts(k odKey, from, baseDir string) {
 		}
 		e := fields[0]
 		where := fmt.Sprintf("%s:%d", k.value, n)
-		if strings.HasPrefix(e, "!") {
-			skipped = append(skipped, where)
-			c.note(k, "%s: %q not converted: trusted_networks has no exclusions; the networks around it are trusted whole, so narrow them by hand", where, e)
+		addr, isExcl := strings.CutPrefix(e, "!")
+		if p, ok := odPrefix(addr); ok {
+			en := entry{p.Masked(), e, where}
+			if isExcl {
+				excluded = append(excluded, en)
+			} else {
+				kept = append(kept, en)
+			}
 			continue
 		}
-		if p, ok := odPrefix(e); ok {
-			add(p)
-			continue
-		}
-		if a, _, ok := strings.Cut(e, "/"); ok {
+		if a, _, ok := strings.Cut(addr, "/"); ok {
 			if _, err := netip.ParseAddr(strings.Trim(a, "[]")); err == nil {
 				skipped = append(skipped, where)
 				c.note(k, "%s: %q not converted: not a network (bad prefix length or non-contiguous netmask); list it as CIDR", where, e)
 				continue
 			}
 		}
+		if isExcl {
+			skipped = append(skipped, where)
+			c.note(k, "%s: %q not converted: trusted_networks has no exclusions and takes no host names; if a network listed here holds that host's addresses, exclude them with \"!ADDRESS\" lines", where, e)
+			continue
+		}
 		if strings.EqualFold(e, "localhost") {
-			add(netip.MustParsePrefix("127.0.0.1/32"))
-			add(netip.MustParsePrefix("::1/128"))
+			kept = append(kept,
+				entry{netip.MustParsePrefix("127.0.0.1/32"), e, where},
+				entry{netip.MustParsePrefix("::1/128"), e, where})
 			continue
 		}
 		skipped = append(skipped, where)
@@ -582,8 +594,105 @@ func (c *conversion) ignoreHosts(k odKey, from, baseDir string) {
 		c.fail(k, "reading the dataset: %v", err)
 		return
 	}
+
+	var nets []string
+	seen := map[string]bool{}
+	add := func(p netip.Prefix) {
+		if s := p.String(); !seen[s] {
+			seen[s] = true
+			nets = append(nets, s)
+		}
+	}
+	used := make([]bool, len(excluded))
+	for _, en := range kept {
+		var inside []netip.Prefix
+		var names []string
+		for i, x := range excluded {
+			// An exclusion around the network is shorter, so the
+			// network's own entry is found first and wins.
+			if x.p.Bits() >= en.p.Bits() && en.p.Contains(x.p.Addr()) {
+				used[i] = true
+				inside = append(inside, x.p)
+				names = append(names, fmt.Sprintf("%q (%s)", x.text, x.where))
+			}
+		}
+		if len(inside) == 0 {
+			add(en.p)
+			continue
+		}
+		rest, ok := prefixDifference(en.p, inside, maxDifference)
+		switch {
+		case !ok:
+			skipped = append(skipped, en.where)
+			c.note(k, "%s: WARNING: %q left out, so every host in it is evaluated: it minus %s would take more than %d networks; list the parts you trust by hand", en.where, en.text, strings.Join(names, ", "), maxDifference)
+		case len(rest) == 0:
+			skipped = append(skipped, en.where)
+			c.note(k, "%s: %q left out: %s excludes all of it", en.where, en.text, strings.Join(names, ", "))
+		default:
+			for _, p := range rest {
+				add(p)
+			}
+			var xs []string
+			for _, x := range inside {
+				xs = append(xs, x.String())
+			}
+			// The TOML says it too: 24 networks where the dataset had
+			// one would puzzle its next reader.
+			from += fmt.Sprintf("; %s minus %s as %d networks", en.p, strings.Join(xs, ", "), len(rest))
+			c.note(k, "%s: %q minus %s -> %d networks, from %s to %s (trusted_networks has no exclusions: these cover exactly the rest, so the excluded hosts are evaluated, as OpenDMARC did)", en.where, en.text, strings.Join(names, ", "), len(rest), rest[0], rest[len(rest)-1])
+		}
+	}
+	for i, x := range excluded {
+		if !used[i] {
+			c.note(k, "%s: %q: nothing to convert: no network listed contains it, so it is evaluated anyway", x.where, x.text)
+		}
+	}
 	c.set("trusted_networks", tomlList(nets), from)
 	c.note(k, "-> trusted_networks = %s (%d entries from %s; %d not converted)", tomlList(nets), len(nets), path, len(skipped))
+}
+
+// maxDifference bounds the networks written for one IgnoreHosts network
+// minus its exclusions. One excluded address costs the difference of the
+// prefix lengths (24 for a host of a /8, 80 for one of an IPv6 /48), so
+// 128 converts any single exclusion exactly; a dataset excluding host
+// after host of a network would otherwise make trusted_networks huge.
+const maxDifference = 128
+
+// prefixDifference returns p minus the prefixes in excl as the fewest
+// prefixes, in address order: a half of p that no exclusion touches is
+// kept whole, one inside an exclusion is dropped, and any other is split
+// again. It gives up (false) past limit prefixes.
+func prefixDifference(p netip.Prefix, excl []netip.Prefix, limit int) ([]netip.Prefix, bool) {
+	var out []netip.Prefix
+	var walk func(p netip.Prefix, excl []netip.Prefix) bool
+	walk = func(p netip.Prefix, excl []netip.Prefix) bool {
+		var touching []netip.Prefix
+		for _, x := range excl {
+			if !x.Overlaps(p) {
+				continue
+			}
+			if x.Bits() <= p.Bits() {
+				return true // all of p is excluded
+			}
+			touching = append(touching, x)
+		}
+		if len(touching) == 0 {
+			out = append(out, p)
+			return len(out) <= limit
+		}
+		// touching is non-empty only for an exclusion longer than p, so
+		// p has a bit left to split on.
+		lo := netip.PrefixFrom(p.Addr(), p.Bits()+1)
+		b := p.Addr().AsSlice()
+		b[p.Bits()/8] |= 0x80 >> (p.Bits() % 8)
+		hiAddr, _ := netip.AddrFromSlice(b)
+		hi := netip.PrefixFrom(hiAddr, p.Bits()+1)
+		return walk(lo, touching) && walk(hi, touching)
+	}
+	if !walk(p.Masked(), excl) {
+		return nil, false
+	}
+	return out, true
 }
 
 // odPrefix reads an IgnoreHosts address or network: a.b.c.d, a.b.c.d/N,

@@ -67,13 +67,25 @@ func TestFromOpenDMARCGolden(t *testing.T) {
 					t.Errorf("debian12 converted to %+v", st)
 				}
 			case "site":
-				want := []string{"127.0.0.1/32", "::1/128", "192.0.2.25/32", "2001:db8:25::/48", "198.51.100.0/24", "10.0.0.0/8"}
+				// 10.0.0.0/8 minus "!10.9.9.9": OpenDMARC evaluated that
+				// host, so it must not be trusted; the rest of the /8 is,
+				// in the 24 prefixes that cover exactly the rest.
+				want := []string{"127.0.0.1/32", "::1/128", "192.0.2.25/32", "2001:db8:25::/48", "198.51.100.0/24",
+					"10.0.0.0/13", "10.8.0.0/16", "10.9.0.0/21", "10.9.8.0/24", "10.9.9.0/29", "10.9.9.8/32",
+					"10.9.9.10/31", "10.9.9.12/30", "10.9.9.16/28", "10.9.9.32/27", "10.9.9.64/26", "10.9.9.128/25",
+					"10.9.10.0/23", "10.9.12.0/22", "10.9.16.0/20", "10.9.32.0/19", "10.9.64.0/18", "10.9.128.0/17",
+					"10.10.0.0/15", "10.12.0.0/14", "10.16.0.0/12", "10.32.0.0/11", "10.64.0.0/10", "10.128.0.0/9"}
 				var got []string
 				for _, p := range mc.TrustedNetworks {
 					got = append(got, p.String())
 				}
 				if !slices.Equal(got, want) {
 					t.Errorf("trusted networks %v, want %v", got, want)
+				}
+				for a, trusted := range map[string]bool{"10.9.9.9": false, "10.9.9.8": true, "10.9.9.10": true, "10.0.0.0": true, "10.255.255.255": true, "11.0.0.0": false} {
+					if got := slices.ContainsFunc(mc.TrustedNetworks, func(p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(a)) }); got != trusted {
+						t.Errorf("%s trusted: %v, want %v", a, got, trusted)
+					}
 				}
 				if _, ok := mc.Local.AllowFrom.Match("partner.example"); !ok || mc.Mode != "enforce" || mc.AuthServID != "mx1.hosting.example" ||
 					st.SocketGroup != "postfix" || st.DNSTimeout.Seconds() != 5 || mc.OnMalformedFrom != "reject" || mc.Quarantine != "tag" {
@@ -249,4 +261,151 @@ func FuzzFromOpenDMARC(f *testing.F) {
 			t.Fatalf("converted without error but does not load: %v\n%s", err, out)
 		}
 	})
+}
+
+// TestPrefixDifference checks the difference against address membership,
+// for IPv4 and IPv6, and that it is minimal: no two prefixes of the
+// result could be merged into their parent.
+func TestPrefixDifference(t *testing.T) {
+	pp := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	tests := []struct {
+		p     string
+		excl  []netip.Prefix
+		n     int      // prefixes in the result
+		in    []string // addresses the result must hold
+		notIn []string
+	}{
+		{"10.0.0.0/8", pp("10.9.9.9/32"), 24, []string{"10.9.9.8", "10.9.9.10", "10.0.0.0", "10.255.255.255"}, []string{"10.9.9.9", "11.0.0.0", "9.255.255.255"}},
+		{"192.0.2.0/24", pp("192.0.2.0/25", "192.0.2.200/32"), 7, []string{"192.0.2.128", "192.0.2.199", "192.0.2.201", "192.0.2.255"}, []string{"192.0.2.0", "192.0.2.127", "192.0.2.200"}},
+		{"192.0.2.0/24", pp("192.0.2.0/24"), 0, nil, []string{"192.0.2.1"}},
+		{"192.0.2.0/24", pp("192.0.0.0/16"), 0, nil, []string{"192.0.2.1"}},
+		{"192.0.2.0/24", pp("198.51.100.0/24", "2001:db8::/32"), 1, []string{"192.0.2.1"}, nil},
+		{"0.0.0.0/0", pp("0.0.0.0/32"), 32, []string{"0.0.0.1", "255.255.255.255"}, []string{"0.0.0.0"}},
+		{"2001:db8:25::/48", pp("2001:db8:25::7/128"), 80, []string{"2001:db8:25::6", "2001:db8:25::8", "2001:db8:25:ffff:ffff:ffff:ffff:ffff"}, []string{"2001:db8:25::7", "2001:db8:26::"}},
+		{"2001:db8::/32", pp("2001:db8:1::/48", "2001:db8:1:2::/64"), 16, []string{"2001:db8::1", "2001:db8:2::"}, []string{"2001:db8:1::1", "2001:db8:1:2::1"}},
+	}
+	for _, tt := range tests {
+		got, ok := prefixDifference(netip.MustParsePrefix(tt.p), tt.excl, maxDifference)
+		if !ok || len(got) != tt.n {
+			t.Errorf("%s minus %v: %d prefixes (%v), want %d: %v", tt.p, tt.excl, len(got), ok, tt.n, got)
+			continue
+		}
+		holds := func(a string) bool {
+			return slices.ContainsFunc(got, func(p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(a)) })
+		}
+		for _, a := range tt.in {
+			if !holds(a) {
+				t.Errorf("%s minus %v: %s missing", tt.p, tt.excl, a)
+			}
+		}
+		for _, a := range tt.notIn {
+			if holds(a) {
+				t.Errorf("%s minus %v: %s included", tt.p, tt.excl, a)
+			}
+		}
+		for i, a := range got {
+			for _, b := range got[i+1:] {
+				if a.Overlaps(b) {
+					t.Errorf("%s minus %v: %s and %s overlap", tt.p, tt.excl, a, b)
+				}
+				if pa, _ := a.Addr().Prefix(a.Bits() - 1); a.Bits() == b.Bits() && a.Bits() > 0 && pa.Contains(b.Addr()) {
+					t.Errorf("%s minus %v: %s and %s make %s: not minimal", tt.p, tt.excl, a, b, pa)
+				}
+			}
+		}
+	}
+	// Past the limit it gives up rather than write hundreds of networks.
+	if got, ok := prefixDifference(netip.MustParsePrefix("2001:db8::/32"), pp("2001:db8::1/128", "2001:db8:ffff::1/128"), maxDifference); ok {
+		t.Errorf("two IPv6 hosts out of a /32: %d prefixes, want over the limit", len(got))
+	}
+}
+
+// TestIgnoreHostsExclusions converts IgnoreHosts datasets with
+// exclusions and checks, address by address, that what we trust is what
+// OpenDMARC ignored: the longest listed prefix wins, an exclusion beating
+// an entry of the same prefix.
+func TestIgnoreHostsExclusions(t *testing.T) {
+	tests := []struct {
+		name    string
+		hosts   string
+		trusted []string
+		not     []string
+		report  []string // in the report
+	}{
+		{
+			name:    "host out of a network, IPv4 and IPv6",
+			hosts:   "10.0.0.0/8\n!10.9.9.9\n2001:db8:25::/48\n![2001:db8:25::7]\n",
+			trusted: []string{"10.9.9.8", "10.1.2.3", "2001:db8:25::6", "2001:db8:25:1::"},
+			not:     []string{"10.9.9.9", "2001:db8:25::7", "11.0.0.1"},
+			report:  []string{`"10.0.0.0/8" minus "!10.9.9.9" (hosts:2) -> 24 networks`, `"2001:db8:25::/48" minus "![2001:db8:25::7]" (hosts:4) -> 80 networks`},
+		},
+		{
+			name:    "a network inside an exclusion is trusted again",
+			hosts:   "10.0.0.0/8\n!10.1.0.0/16\n10.1.1.0/24\n",
+			trusted: []string{"10.2.0.1", "10.1.1.1"},
+			not:     []string{"10.1.2.1"},
+		},
+		{
+			name:   "exclusion of the network itself wins",
+			hosts:  "192.0.2.0/24\n!192.0.2.0/255.255.255.0\n",
+			not:    []string{"192.0.2.1"},
+			report: []string{`"192.0.2.0/24" left out: "!192.0.2.0/255.255.255.0" (hosts:2) excludes all of it`},
+		},
+		{
+			name:    "exclusion around a network does not touch it",
+			hosts:   "192.0.2.0/24\n!192.0.0.0/16\n!198.51.100.1\n",
+			trusted: []string{"192.0.2.1"},
+			not:     []string{"192.0.3.1"},
+			report:  []string{`hosts:3: "!198.51.100.1": nothing to convert: no network listed contains it`},
+		},
+		{
+			name:    "too many networks: left out, loudly",
+			hosts:   "2001:db8::/32\n!2001:db8::1\n!2001:db8:ffff::1\n192.0.2.1\n",
+			trusted: []string{"192.0.2.1"},
+			not:     []string{"2001:db8::2", "2001:db8::1"},
+			report:  []string{`hosts:1: WARNING: "2001:db8::/32" left out, so every host in it is evaluated`, "(1 entries from", "1 not converted"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte(tt.hosts), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			conf := filepath.Join(dir, "opendmarc.conf")
+			if err := os.WriteFile(conf, []byte("IgnoreHosts hosts\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, report, err := convertOpenDMARC(conf)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, strings.Join(report, "\n"))
+			}
+			rep := strings.Join(report, "\n")
+			for _, w := range tt.report {
+				if !strings.Contains(rep, w) {
+					t.Errorf("report lacks %q:\n%s", w, rep)
+				}
+			}
+			st, _ := loadConverted(t, out)
+			holds := func(a string) bool {
+				return slices.ContainsFunc(st.Milter.TrustedNetworks, func(p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(a)) })
+			}
+			for _, a := range tt.trusted {
+				if !holds(a) {
+					t.Errorf("%s not trusted: %v", a, st.Milter.TrustedNetworks)
+				}
+			}
+			for _, a := range tt.not {
+				if holds(a) {
+					t.Errorf("%s trusted: %v", a, st.Milter.TrustedNetworks)
+				}
+			}
+		})
+	}
 }
