@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -293,5 +294,161 @@ func TestStopDuringMessage(t *testing.T) {
 	}
 	if !strings.Contains(d.stderr.String(), "stopped") {
 		t.Errorf("log:\n%s", d.stderr.String())
+	}
+}
+
+// TestReloadRestartSettings changes every setting a reload cannot apply:
+// each gets one warning naming it, while the decision settings apply
+// (mode); the same file again repeats no warning; a further change to one
+// setting warns for that one only; and going back to the running
+// configuration warns for none.
+func TestReloadRestartSettings(t *testing.T) {
+	dns := startDNS(t)
+	cfgPath := filepath.Join(t.TempDir(), "dmarc-milter.toml")
+	base := fmt.Sprintf("dns = [%q]\nauthserv_id = \"lab.test\"\nmode = \"enforce\"\ndns_timeout = \"500ms\"\n", dns)
+	// changed differs from base in mode (applied) and in every restart
+	// setting but listen, which the daemon's -listen flag pins.
+	changed := func(dnsTimeout string) string {
+		return `dns = ["127.0.0.1:1"]
+authserv_id = "lab.test"
+mode = "monitor"
+dns_timeout = "` + dnsTimeout + `"
+socket_mode = "0600"
+socket_group = "nogroup"
+spec = "rfc7489"
+psl = "../../policy/testdata/psl.dat"
+log_format = "json"
+log_level = "debug"
+log_output = "syslog"
+metrics_listen = "127.0.0.1:1"
+`
+	}
+	write := func(cfg string) {
+		t.Helper()
+		if err := os.WriteFile(cfgPath+".tmp", []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(cfgPath+".tmp", cfgPath); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(base)
+	d := startDaemon(t, cfgPath)
+
+	reloads := 0
+	hup := func() string {
+		t.Helper()
+		reloads++
+		if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if log := d.stderr.String(); strings.Count(log, `msg="configuration reloaded"`) == reloads {
+				return log
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("reload %d not logged:\n%s", reloads, d.stderr.String())
+		return ""
+	}
+	warnings := func(log, setting string) int {
+		return strings.Count(log, `msg="reload: setting not applied; it needs a restart" setting=`+setting+" ")
+	}
+	restart := []string{"socket_mode", "socket_group", "dns", "dns_timeout", "spec", "psl", "log_format", "log_level", "log_output", "metrics_listen"}
+	write(changed("1s"))
+	log := hup()
+	for _, s := range restart {
+		if n := warnings(log, s); n != 1 {
+			t.Errorf("first reload: %d warnings for %s, want 1", n, s)
+		}
+	}
+	if !strings.Contains(log, "setting=dns_timeout running=500ms configured=1s") || !strings.Contains(log, "restart_pending=socket_mode,socket_group,dns,dns_timeout,spec,psl,log_format,log_level,log_output,metrics_listen") {
+		t.Errorf("first reload:\n%s", log)
+	}
+	// Not applied: still text on stderr, still no debug lines.
+	if strings.Contains(log, `{"`) || strings.Contains(log, "level=DEBUG") {
+		t.Errorf("log settings applied by a reload:\n%s", log)
+	}
+	// Applied: monitor mode accepts the spoof.
+	if act, err := sendSpoof(d.addr, 0); err != nil || act.Code != gomilter.ActContinue {
+		t.Errorf("after reload to monitor: %+v %v", act, err)
+	}
+
+	log = hup()
+	for _, s := range restart {
+		if n := warnings(log, s); n != 1 {
+			t.Errorf("same file again: %d warnings for %s, want still 1", n, s)
+		}
+	}
+
+	write(changed("2s"))
+	log = hup()
+	for _, s := range restart {
+		want := 1
+		if s == "dns_timeout" {
+			want = 2
+		}
+		if n := warnings(log, s); n != want {
+			t.Errorf("dns_timeout changed again: %d warnings for %s, want %d", n, s, want)
+		}
+	}
+	if !strings.Contains(log, "setting=dns_timeout running=500ms configured=2s") {
+		t.Errorf("second change of dns_timeout:\n%s", log)
+	}
+
+	write(base)
+	log = hup()
+	for _, s := range restart {
+		want := 1
+		if s == "dns_timeout" {
+			want = 2
+		}
+		if n := warnings(log, s); n != want {
+			t.Errorf("back to the running file: %d warnings for %s, want %d", n, s, want)
+		}
+	}
+	last := log[strings.LastIndex(log, `msg="configuration reloaded"`):]
+	if strings.Contains(last, "restart_pending") {
+		t.Errorf("back to the running file, still pending: %s", last)
+	}
+	if act, err := sendSpoof(d.addr, 0); err != nil || act.Code != gomilter.ActReplyCode || act.SMTPCode != 550 {
+		t.Errorf("after reload to enforce: %+v %v", act, err)
+	}
+}
+
+// TestRestartSettingsComplete: every field of Settings outside Milter is
+// one a reload cannot apply, so each must be compared by reload; a field
+// added without an entry in restartSettings would change silently.
+func TestRestartSettingsComplete(t *testing.T) {
+	typ := reflect.TypeOf(Settings{})
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		if f.Name == "Milter" {
+			continue
+		}
+		a, b := defaultSettings(), defaultSettings()
+		v := reflect.ValueOf(&b).Elem().Field(i)
+		switch v.Kind() {
+		case reflect.String:
+			v.SetString(v.String() + "x")
+		case reflect.Int64, reflect.Int:
+			v.SetInt(v.Int() + 1)
+		case reflect.Uint32:
+			v.SetUint(v.Uint() + 1)
+		case reflect.Slice:
+			v.Set(reflect.Append(v, reflect.ValueOf("x")))
+		default:
+			t.Fatalf("Settings.%s: kind %s not handled by this test", f.Name, v.Kind())
+		}
+		var names []string
+		for _, rs := range restartSettings {
+			if rs.get(&a) != rs.get(&b) {
+				names = append(names, rs.name)
+			}
+		}
+		if len(names) != 1 {
+			t.Errorf("Settings.%s changed: reload compares %v, want exactly one setting", f.Name, names)
+		}
 	}
 }

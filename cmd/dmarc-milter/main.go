@@ -433,6 +433,7 @@ func serve(args []string, stderr io.Writer) int {
 	defer signal.Stop(sigs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	rl := &reloader{srv: srv, args: args, configPath: configPath, logger: logger, running: st}
 
 	for {
 		select {
@@ -444,7 +445,7 @@ func serve(args []string, stderr io.Writer) int {
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				reload(srv, args, configPath, st, stderr, logger)
+				rl.reload()
 				continue
 			}
 			logger.Info("stopping: finishing sessions in flight", "signal", sig.String(), "sessions", srv.ActiveSessions())
@@ -464,24 +465,74 @@ func serve(args []string, stderr io.Writer) int {
 	}
 }
 
+// restartSettings are the settings a reload cannot apply: each is built
+// into the socket, the resolver, the evaluator or the logger at start.
+// Everything else is Settings.Milter, which a reload swaps in whole.
+var restartSettings = []struct {
+	name string
+	get  func(*Settings) string
+}{
+	{"listen", func(s *Settings) string { return s.Listen }},
+	{"socket_mode", func(s *Settings) string { return fmt.Sprintf("%04o", uint32(s.SocketMode)) }},
+	{"socket_group", func(s *Settings) string { return s.SocketGroup }},
+	{"dns", func(s *Settings) string { return strings.Join(s.DNS, ",") }},
+	{"dns_timeout", func(s *Settings) string { return s.DNSTimeout.String() }},
+	{"spec", func(s *Settings) string { return string(s.Spec) }},
+	{"psl", func(s *Settings) string { return s.PSL }},
+	{"log_format", func(s *Settings) string { return s.LogFormat }},
+	{"log_level", func(s *Settings) string { return s.LogLevel }},
+	{"log_output", func(s *Settings) string { return s.LogOutput }},
+	{"metrics_listen", func(s *Settings) string { return s.MetricsListen }},
+}
+
+// reloader applies SIGHUP. running is the configuration in force: the
+// restart settings as the daemon started, the rest as last applied. warned
+// holds, per restart setting, the value last warned about, so that a
+// reload of a file left unchanged does not repeat the warning (the
+// "configuration reloaded" line still names what awaits a restart).
+type reloader struct {
+	srv        *milter.Server
+	args       []string
+	configPath string
+	logger     *slog.Logger
+	running    Settings
+	warned     map[string]string
+}
+
 // reload re-reads the file and flags; a bad file keeps the running
-// configuration. Settings that need a new socket or resolver are reported,
-// not applied.
-func reload(srv *milter.Server, args []string, configPath string, cur Settings, stderr io.Writer, logger *slog.Logger) {
-	st, _, err := loadSettings(args, io.Discard)
+// configuration. A restart setting that differs from the running one is
+// reported, not applied.
+func (r *reloader) reload() {
+	st, _, err := loadSettings(r.args, io.Discard)
 	if err != nil {
-		srv.Metrics().Reloaded(false)
-		logger.Error("reload failed; keeping the running configuration", "config", configPath, "err", err)
+		r.srv.Metrics().Reloaded(false)
+		r.logger.Error("reload failed; keeping the running configuration", "config", r.configPath, "err", err)
 		return
 	}
-	if st.Listen != cur.Listen || strings.Join(st.DNS, ",") != strings.Join(cur.DNS, ",") || st.Spec != cur.Spec || st.PSL != cur.PSL {
-		logger.Warn("reload: listen, dns, spec and psl changes need a restart; other settings applied")
-	}
-	if err := srv.SetConfig(st.Milter); err != nil {
-		srv.Metrics().Reloaded(false)
-		logger.Error("reload failed; keeping the running configuration", "err", err)
+	if err := r.srv.SetConfig(st.Milter); err != nil {
+		r.srv.Metrics().Reloaded(false)
+		r.logger.Error("reload failed; keeping the running configuration", "err", err)
 		return
 	}
-	srv.Metrics().Reloaded(true)
-	logger.Info("configuration reloaded", "config", configPath)
+	r.running.Milter = st.Milter
+	var pending []string
+	warned := map[string]string{}
+	for _, rs := range restartSettings {
+		cur, next := rs.get(&r.running), rs.get(&st)
+		if cur == next {
+			continue
+		}
+		pending = append(pending, rs.name)
+		warned[rs.name] = next
+		if prev, ok := r.warned[rs.name]; !ok || prev != next {
+			r.logger.Warn("reload: setting not applied; it needs a restart", "setting", rs.name, "running", cur, "configured", next)
+		}
+	}
+	r.warned = warned
+	r.srv.Metrics().Reloaded(true)
+	attrs := []any{"config", r.configPath}
+	if len(pending) > 0 {
+		attrs = append(attrs, "restart_pending", strings.Join(pending, ","))
+	}
+	r.logger.Info("configuration reloaded", attrs...)
 }
