@@ -178,10 +178,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 	done := make(chan struct{})
 	go func() { s.sessions.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
+	// Only messages in flight are waited for. Postfix keeps a milter
+	// connection per SMTP session, idle between messages for as long as
+	// smtpd_timeout; waiting for those would hold the restart for minutes
+	// while, the listener being closed, new mail gets
+	// milter_default_action. So an idle connection is closed at once,
+	// and a busy one as soon as its message has been answered.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for wait := true; wait; {
+		s.closeIdle()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			wait = false
+		case <-tick.C:
+		}
 	}
 	s.mu.Lock()
 	for c := range s.conns {
@@ -190,6 +203,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	return ctx.Err()
+}
+
+// closeIdle closes the connections with no message in flight.
+func (s *Server) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if !c.busy.Load() {
+			c.Conn.Close()
+		}
+	}
 }
 
 // ActiveSessions is the number of MTA connections open now.
@@ -235,6 +259,32 @@ type trackedConn struct {
 
 	mu      sync.Mutex
 	onClose func()
+
+	// busy is set from MAIL FROM until the end-of-message reply has been
+	// written (or the message aborted), for Shutdown to tell messages in
+	// flight from idle connections. answered marks the reply as next.
+	busy, answered atomic.Bool
+}
+
+// beginMessage and endMessage bracket one message; endMessage with
+// answered=true leaves the connection busy until the next write, the
+// end-of-message reply, has gone out.
+func (c *trackedConn) beginMessage() {
+	if c != nil {
+		c.answered.Store(false)
+		c.busy.Store(true)
+	}
+}
+
+func (c *trackedConn) endMessage(answered bool) {
+	if c == nil {
+		return
+	}
+	if answered {
+		c.answered.Store(true)
+		return
+	}
+	c.busy.Store(false)
 }
 
 // maxPacket is go-milter's own limit (maxPacketSize): larger packets
@@ -303,7 +353,14 @@ func (c *trackedConn) readPacket() ([]byte, error) {
 
 func (c *trackedConn) Write(p []byte) (int, error) {
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if c.answered.Load() {
+		// go-milter writes the end-of-message reply after our callback:
+		// only now may Shutdown close the connection.
+		c.answered.Store(false)
+		c.busy.Store(false)
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {

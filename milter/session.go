@@ -19,7 +19,8 @@ import (
 // after connect ever answers with a final SimpleResponse.
 type session struct {
 	srv *Server
-	cfg *Config // snapshot taken at connect: a reload never changes a session mid-way
+	tc  *trackedConn // nil in tests that drive a session directly
+	cfg *Config      // taken at connect and at each MAIL FROM: a reload never changes a message mid-way
 	log *slog.Logger
 
 	conn ConnInfo
@@ -38,7 +39,7 @@ type session struct {
 }
 
 func (s *Server) newSession(c *trackedConn) gomilter.Milter {
-	sess := &session{srv: s, cfg: s.currentConfig(), log: s.log}
+	sess := &session{srv: s, tc: c, cfg: s.currentConfig(), log: s.log}
 	if c != nil {
 		c.setOnClose(sess.closed)
 	}
@@ -135,6 +136,10 @@ func (s *session) MailFrom(from string, m *gomilter.Modifier) (resp gomilter.Res
 	// (LIBRARIES.md): reset here too.
 	s.reset()
 	s.faulted = false
+	s.tc.beginMessage()
+	// A reload applies from the next message on, also on a connection
+	// that stays open across many messages.
+	s.cfg = s.srv.currentConfig()
 	// {auth_authen} arrives with MAIL and is gone by end of message.
 	s.tx = s.srv.Begin(s.cfg, s.conn, from, m.Macros["{auth_authen}"])
 	s.tx.QueueID = queueID(m)
@@ -221,6 +226,7 @@ func (s *session) BodyChunk(chunk []byte, m *gomilter.Modifier) (resp gomilter.R
 }
 
 func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error) {
+	defer s.tc.endMessage(true)
 	defer s.guard("eom", &resp, &err)
 	s.hook("eom")
 	if s.faulted || s.connFaulted {
@@ -296,6 +302,7 @@ func (s *session) Abort(m *gomilter.Modifier) (err error) {
 	}()
 	s.reset()
 	s.faulted = false
+	s.tc.endMessage(false)
 	return nil
 }
 
