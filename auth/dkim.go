@@ -43,6 +43,10 @@ const (
 	maxSignedFields = 200
 )
 
+// skippedSigName replaces "DKIM-Signature" (as long) in the library's copy
+// of the header for signatures past the bound.
+const skippedSigName = "X-DKIM-Skipped"
+
 // ErrDKIMLimit explains the "policy" result of a signature that was not
 // verified because of one of the bounds above.
 var ErrDKIMLimit = errors.New("auth: DKIM verification limit reached")
@@ -87,6 +91,8 @@ type DKIMVerifier struct {
 	own       []*lengthSig // the signatures with l= we verify ourselves
 	headersOK bool         // EndHeaders ran
 
+	prefer []string // Author Domains, whose signatures are verified first
+
 	arcFields []arcField // ARC fields, top to bottom (arc.go)
 	arcKinds  []byte
 	arc       *arcCheck
@@ -107,6 +113,7 @@ type DKIMVerifier struct {
 type sigTags struct {
 	res     DKIMResult
 	field   int // index into DKIMVerifier.fields
+	lib     int // index among the signatures the library sees; -1: not verified
 	hasL    bool
 	neuter  bool // too costly to hand to the library as it is
 	invalid error
@@ -266,6 +273,59 @@ func stripFWS(s string) string {
 	}, s)
 }
 
+// PreferDomains names the Author Domains before EndHeaders. When a
+// message has more signatures than the bound, those whose d= is one of
+// them, a parent or a subdomain (the ones that can align for DMARC) are
+// verified first, then the others top to bottom: forwarders and lists add
+// their signatures on top, and a bound by position alone would leave the
+// author's own signature unverified and the message failing DMARC.
+func (v *DKIMVerifier) PreferDomains(doms []string) { v.prefer = doms }
+
+// related reports d= equal to an Author Domain, or one a subdomain of the
+// other: relaxed alignment without knowing the organizational domain.
+func (v *DKIMVerifier) related(d string) bool {
+	for _, a := range v.prefer {
+		if d == a || strings.HasSuffix(a, "."+d) || strings.HasSuffix(d, "."+a) {
+			return true
+		}
+	}
+	return false
+}
+
+// choose picks the signatures to verify within the bound (RFC 6376 §6.1
+// lets a verifier limit them) and numbers them as the library will see
+// them; it returns whether any was left out.
+func (v *DKIMVerifier) choose() bool {
+	n := len(v.sigs)
+	chosen := make([]bool, n)
+	k := 0
+	for tier := 0; tier < 3 && k < v.maxSigs; tier++ {
+		for i := range v.sigs {
+			st := &v.sigs[i]
+			t := 2
+			if st.invalid == nil {
+				t = 1
+				if v.related(st.res.Domain) {
+					t = 0
+				}
+			}
+			if !chosen[i] && t == tier && k < v.maxSigs {
+				chosen[i] = true
+				k++
+			}
+		}
+	}
+	lib := 0
+	for i := range v.sigs {
+		v.sigs[i].lib = -1
+		if chosen[i] {
+			v.sigs[i].lib = lib
+			lib++
+		}
+	}
+	return lib < n
+}
+
 // EndHeaders marks the end of the header. Only when a DKIM-Signature was
 // seen does it start the verifier goroutine; the header block goes to it
 // without passing through the pipe, so EndHeaders never blocks.
@@ -293,7 +353,20 @@ func (v *DKIMVerifier) EndHeaders() {
 	v.verified = make(chan struct{})
 	v.done = make(chan struct{})
 	v.header.WriteString("\r\n")
-	in := io.MultiReader(bytes.NewReader(v.header.Bytes()), pr)
+	hdr := v.header.Bytes()
+	if v.choose() {
+		// The library verifies the first signatures it finds: it must
+		// see only the chosen ones. The others are renamed in its copy of
+		// the header, name for name of the same length, so every offset
+		// stays; a chosen signature whose h= covered one of them fails.
+		hdr = bytes.Clone(hdr)
+		for _, st := range v.sigs {
+			if f := v.fields[st.field]; st.lib < 0 && len(f.name) == len(skippedSigName) {
+				copy(hdr[f.start:], skippedSigName)
+			}
+		}
+	}
+	in := io.MultiReader(bytes.NewReader(hdr), pr)
 	opts := &dkim.VerifyOptions{LookupTXT: v.lookupTXT, MaxVerifications: v.maxSigs}
 	go v.run(in, pr, opts)
 	v.startOwn()
@@ -307,7 +380,7 @@ func (v *DKIMVerifier) startOwn() {
 	buf := v.header.Bytes()
 	for i := range v.sigs {
 		st := &v.sigs[i]
-		if !st.hasL || st.invalid != nil || i >= v.maxSigs {
+		if !st.hasL || st.invalid != nil || st.lib < 0 {
 			continue
 		}
 		f := v.fields[st.field]
@@ -447,7 +520,7 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 			r.Result, r.Err = DKIMPermError, st.invalid // RFC 6376 §6.1.1
 		case v.tooLarge:
 			r.Result, r.Err = DKIMPolicy, verr
-		case i >= v.maxSigs:
+		case st.lib < 0:
 			// RFC 8601 §2.7.1 "policy": signed, but local policy (our bound
 			// on work per message, RFC 6376 §6.1) declined to verify it.
 			r.Result, r.Err = DKIMPolicy, fmt.Errorf("%w: more than %d signatures", ErrDKIMLimit, v.maxSigs)
@@ -455,14 +528,14 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 			r.Result, r.Err = st.ownErr.result, st.ownErr.err
 		case st.own != nil:
 			r.Result, r.Err = v.finishOwn(st.own, waitErr)
-		case verifs == nil || i >= len(verifs) || verifs[i] == nil:
+		case verifs == nil || st.lib >= len(verifs) || verifs[st.lib] == nil:
 			if verr == nil {
 				verr = errors.New("no verification result")
 			}
 			r.Result, r.Err = DKIMTempError, verr
 		default:
-			r.Err = verifs[i].Err
-			switch e := verifs[i].Err; {
+			r.Err = verifs[st.lib].Err
+			switch e := verifs[st.lib].Err; {
 			case e == nil:
 				r.Result = DKIMPass
 			case dkim.IsPermFail(e):

@@ -464,3 +464,43 @@ func BenchmarkDKIMVerify100KB(b *testing.B) {
 		}
 	}
 }
+
+// TestDKIMBoundPrefersAuthorSignatures: with more signatures than the
+// bound, the ones that can align with the From are verified first, so a
+// forwarder's signatures on top do not push the author's out.
+func TestDKIMBoundPrefersAuthorSignatures(t *testing.T) {
+	_, rec := loadKey(t, "rsa2048")
+	lk := &keyLookup{records: map[string][]string{"sel._domainkey.mail.x.test": {rec}}}
+	msg := sign(t, testMessage, "rsa2048", "mail.x.test", "sel", nil)
+	for i := 0; i < 3; i++ {
+		d := fmt.Sprintf("fwd%d.example", i)
+		lk.records["sel._domainkey."+d] = []string{rec}
+		msg = sign(t, msg, "rsa2048", d, "sel", nil)
+	}
+	run := func(prefer []string) []DKIMResult {
+		v := NewDKIMVerifier(context.Background(), lk.lookup, 2)
+		defer v.Abort()
+		fs, body := split(t, msg)
+		for _, f := range fs {
+			v.AddHeader(f.name, f.value)
+		}
+		v.PreferDomains(prefer)
+		v.EndHeaders()
+		_, _ = v.Write(body)
+		return v.Finish()
+	}
+	got := func(rs []DKIMResult) string {
+		var b []string
+		for _, r := range rs {
+			b = append(b, r.Domain+"="+r.Result)
+		}
+		return strings.Join(b, " ")
+	}
+	// Top to bottom: fwd2, fwd1, fwd0, then the author's.
+	if g, want := got(run(nil)), "fwd2.example=pass fwd1.example=pass fwd0.example=policy mail.x.test=policy"; g != want {
+		t.Errorf("without Author Domains: %s, want %s", g, want)
+	}
+	if g, want := got(run([]string{"x.test"})), "fwd2.example=pass fwd1.example=policy fwd0.example=policy mail.x.test=pass"; g != want {
+		t.Errorf("with x.test: %s, want %s", g, want)
+	}
+}

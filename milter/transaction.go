@@ -200,6 +200,7 @@ func (t *Transaction) EndHeaders() {
 			ch <- disc
 		}(d)
 	}
+	t.dkim.PreferDomains(t.author.Domains)
 	t.dkim.EndHeaders()
 	t.startBudget()
 }
