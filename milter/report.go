@@ -142,16 +142,25 @@ func (t *Transaction) logDecision(d *Decision) {
 		}
 		attrs = append(attrs, "arc", arc)
 	}
-	var dm, pols, disp, over []string
+	var dm, pdoms, pols, disp, over []string
 	for _, ev := range d.Evals {
 		dm = append(dm, string(ev.Result))
+		pdoms = append(pdoms, ev.PolicyDomain)
 		pols = append(pols, string(ev.Policy))
 		disp = append(disp, string(ev.Disposition))
 		for _, o := range ev.Overrides {
-			over = append(over, o.Type)
+			// The type alone does not say which allow_from entry,
+			// forwarder or upstream let a failure through; the comment
+			// does, as the type and comment of an aggregate report's reason.
+			if o.Comment != "" {
+				over = append(over, o.Type+"("+o.Comment+")")
+			} else {
+				over = append(over, o.Type)
+			}
 		}
 	}
-	attrs = append(attrs, "dmarc", strings.Join(dm, ","), "policy", strings.Join(pols, ","), "disposition", strings.Join(disp, ","))
+	attrs = append(attrs, "dmarc", strings.Join(dm, ","), "policy_domain", strings.Join(pdoms, ","),
+		"policy", strings.Join(pols, ","), "disposition", strings.Join(disp, ","))
 	if len(over) > 0 {
 		attrs = append(attrs, "overrides", strings.Join(over, ","))
 	}

@@ -1,0 +1,197 @@
+package milter
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/auth/dnsres"
+	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
+	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
+	"github.com/dmarc-milter/dmarc-milter/policy"
+)
+
+// lockedBuffer collects log output written from the sessions' goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startLoggedMilter is startMilter with the server's logger given.
+func startLoggedMilter(t *testing.T, cfg Config, logger *slog.Logger) string {
+	t.Helper()
+	dsrv, err := dnstest.Start(loadZone(t, "milter.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dsrv.Close() })
+	res, err := dnsres.New(dnsres.Config{Servers: []string{dsrv.Addr()}, Timeout: 500 * time.Millisecond, Attempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(cfg, Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, policy.Options{}), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+// parseLogfmt reads one line of slog's text handler: key=value pairs,
+// values quoted Go-style when they need it.
+func parseLogfmt(line string) (map[string]string, error) {
+	out := map[string]string{}
+	for line = strings.TrimSpace(line); line != ""; line = strings.TrimLeft(line, " ") {
+		k, rest, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("no '=' in %q", line)
+		}
+		var v string
+		if strings.HasPrefix(rest, `"`) {
+			q, err := strconv.QuotedPrefix(rest)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %v", k, err)
+			}
+			v, _ = strconv.Unquote(q)
+			rest = rest[len(q):]
+		} else {
+			v, rest, _ = strings.Cut(rest, " ")
+		}
+		out[k] = v
+		line = rest
+	}
+	return out, nil
+}
+
+// TestDecisionLog captures the decision line, text and JSON, of a
+// rejected spoof and of a failure let through by allow_from: the field
+// names and values an operator's log pipeline reads.
+func TestDecisionLog(t *testing.T) {
+	for _, format := range []string{"text", "json"} {
+		t.Run(format, func(t *testing.T) {
+			var buf lockedBuffer
+			h := slog.Handler(slog.NewTextHandler(&buf, nil))
+			if format == "json" {
+				h = slog.NewJSONHandler(&buf, nil)
+			}
+			cfg := DefaultConfig()
+			cfg.AuthServID = "lab.test"
+			allow, _ := policy.NewDomainSet([]string{"quar.example"})
+			cfg.Local = policy.LocalPolicy{AllowFrom: allow}
+			addr := startLoggedMilter(t, cfg, slog.New(h))
+
+			// The spoof carries a valid but unaligned DKIM signature, so
+			// that dkim= has something to show.
+			spoof, sbody, _ := testcase.SplitMessage(readMessage(t, "spoof", signSpec{"esp.example", "sel", "rsa2048"}))
+			quar, qbody, _ := testcase.SplitMessage(readMessage(t, "quarantine"))
+			for _, m := range []struct {
+				qid    string
+				fields []testcase.Field
+				body   []byte
+				smtp   string
+			}{{"4SPOOF1", spoof, sbody, "reject"}, {"4ALLOW1", quar, qbody, "accept"}} {
+				c := dialMilter(t, addr)
+				if _, err := c.connect("client.example", "198.51.100.1", "h.example"); err != nil {
+					t.Fatal(err)
+				}
+				o := c.send(t, envelope{MailFrom: "x@attacker.example.org", Macros: []string{"i", m.qid}}, m.fields, m.body)
+				if o.SMTP != m.smtp {
+					t.Fatalf("%s: %s (%s), want %s", m.qid, o.SMTP, o.Reply, m.smtp)
+				}
+			}
+
+			lines := map[string]map[string]string{} // queue_id -> fields
+			for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+				var f map[string]string
+				if format == "json" {
+					var raw map[string]any
+					if err := json.Unmarshal([]byte(l), &raw); err != nil {
+						t.Fatalf("%v: %s", err, l)
+					}
+					f = map[string]string{}
+					for k, v := range raw {
+						s, ok := v.(string)
+						if !ok {
+							t.Errorf("%s is %T, want a string: %s", k, v, l)
+						}
+						f[k] = s
+					}
+				} else {
+					var err error
+					if f, err = parseLogfmt(l); err != nil {
+						t.Fatalf("%v: %s", err, l)
+					}
+				}
+				if f["msg"] == "dmarc decision" {
+					lines[f["queue_id"]] = f
+				}
+			}
+			want := map[string]map[string]string{
+				"4SPOOF1": {
+					"queue_id": "4SPOOF1", "client_ip": "198.51.100.1", "from_domains": "aligned.example",
+					"spf": "none", "dkim": "esp.example:pass", "dmarc": "fail", "policy_domain": "aligned.example",
+					"policy": "reject", "disposition": "reject", "action": "reject",
+				},
+				"4ALLOW1": {
+					"queue_id": "4ALLOW1", "client_ip": "198.51.100.1", "from_domains": "quar.example",
+					"spf": "none", "dkim": "", "dmarc": "fail", "policy_domain": "quar.example",
+					"policy": "quarantine", "disposition": "none", "action": "accept",
+					"overrides": "local_policy(allow_from quar.example)",
+				},
+			}
+			for qid, w := range want {
+				got, ok := lines[qid]
+				if !ok {
+					t.Errorf("%s: no decision line in:\n%s", qid, buf.String())
+					continue
+				}
+				for k, v := range w {
+					if gv, ok := got[k]; !ok || gv != v {
+						t.Errorf("%s: %s = %q (present %v), want %q", qid, k, gv, ok, v)
+					}
+				}
+				if _, ok := w["overrides"]; !ok {
+					if v, ok := got["overrides"]; ok {
+						t.Errorf("%s: overrides = %q on a message without one", qid, v)
+					}
+				}
+				if d, err := time.ParseDuration(got["duration"]); err != nil || d <= 0 {
+					t.Errorf("%s: duration = %q", qid, got["duration"])
+				}
+			}
+		})
+	}
+}
