@@ -58,7 +58,7 @@ type DKIMResult struct {
 	Selector  string // s=
 	Algorithm string // a=
 	Identity  string // i=
-	BPrefix   string // first 8 characters of b= (RFC 6008 header.b)
+	BPrefix   string // enough of b= to tell the signatures apart, 8 characters at least (RFC 6008 header.b)
 	Reason    string // short, for the A-R reason and the log
 	Err       error
 }
@@ -112,8 +112,9 @@ type DKIMVerifier struct {
 // the library's Verification lacks s=, a= and b=.
 type sigTags struct {
 	res     DKIMResult
-	field   int // index into DKIMVerifier.fields
-	lib     int // index among the signatures the library sees; -1: not verified
+	field   int    // index into DKIMVerifier.fields
+	lib     int    // index among the signatures the library sees; -1: not verified
+	b       string // b= without FWS, bounded
 	hasL    bool
 	neuter  bool // too costly to hand to the library as it is
 	invalid error
@@ -235,11 +236,7 @@ func parseSigTags(value string) sigTags {
 	st.res.Selector = stripFWS(tags["s"])
 	st.res.Algorithm = stripFWS(tags["a"])
 	st.res.Identity = stripFWS(tags["i"])
-	b := stripFWS(tags["b"])
-	if len(b) > 8 {
-		b = b[:8] // RFC 6008 §4: enough of b= to tell signatures apart
-	}
-	st.res.BPrefix = b
+	st.b = truncate(stripFWS(tags["b"]), 1024)
 	if d, err := domain.Normalize(stripFWS(tags["d"])); err == nil {
 		st.res.Domain = d
 	}
@@ -554,7 +551,35 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 		}
 		out[i] = r
 	}
+	setBPrefixes(out, v.sigs)
 	return out
+}
+
+// setBPrefixes gives each result the shortest prefix of its b=, at least
+// 8 characters, that tells the message's signatures apart (RFC 6008 §4:
+// header.b carries enough of b= for that; two signatures may well share
+// their first characters).
+func setBPrefixes(out []DKIMResult, sigs []sigTags) {
+	n := 8
+	for n < 1024 {
+		seen := make(map[string]string, len(sigs))
+		clash := false
+		for _, st := range sigs {
+			p := st.b[:min(n, len(st.b))]
+			if other, ok := seen[p]; ok && other != st.b {
+				clash = true
+				break
+			}
+			seen[p] = st.b
+		}
+		if !clash {
+			break
+		}
+		n += 4
+	}
+	for i, st := range sigs {
+		out[i].BPrefix = st.b[:min(n, len(st.b))]
+	}
 }
 
 // finishOwn ends the body of a signature with l= and verifies it, once

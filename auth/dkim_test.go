@@ -504,3 +504,29 @@ func TestDKIMBoundPrefersAuthorSignatures(t *testing.T) {
 		t.Errorf("with x.test: %s, want %s", g, want)
 	}
 }
+
+func TestSetBPrefixes(t *testing.T) {
+	tests := []struct {
+		bs   []string
+		want []string
+	}{
+		{[]string{"abcdefghXYZ", "abcdefgiXYZ"}, []string{"abcdefgh", "abcdefgi"}},
+		{[]string{"abcdefgh1234567", "abcdefgh1239999"}, []string{"abcdefgh1234", "abcdefgh1239"}},
+		{[]string{"short"}, []string{"short"}},
+		// The same signature twice (a replayed field) cannot be told apart.
+		{[]string{"abcdefghij", "abcdefghij"}, []string{"abcdefgh", "abcdefgh"}},
+	}
+	for _, tt := range tests {
+		sigs := make([]sigTags, len(tt.bs))
+		for i, b := range tt.bs {
+			sigs[i].b = b
+		}
+		out := make([]DKIMResult, len(sigs))
+		setBPrefixes(out, sigs)
+		for i := range out {
+			if out[i].BPrefix != tt.want[i] {
+				t.Errorf("%q: %q, want %q", tt.bs, out[i].BPrefix, tt.want[i])
+			}
+		}
+	}
+}
