@@ -63,11 +63,11 @@ func TestLocalPolicy(t *testing.T) {
 		arContains string
 	}{
 		{"allow_from overrides quarantine", "198.51.100.1", nil, quar, qbody, "accept", "delivered", "override=local_policy"},
-		{"reject_from turns p=none into reject", "198.51.100.1", nil, forged, fbody, "reject", "none", ""},
+		{"reject_from turns p=none into reject", "198.51.100.1", nil, forged, fbody, "reject", "none", "550 5.7.1 Email rejected per local policy: DMARC failed for monitor.example"},
 		{"trusted forwarder network", "203.0.113.2", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
 		{"mailing list host, forward-confirmed", "203.0.113.7", nil, spoof, sbody, "accept", "delivered", "override=mailing_list"},
 		{"mailing list host, PTR not confirmed", "203.0.113.8", nil, spoof, sbody, "reject", "none", ""},
-		{"forwarder check: PTR SERVFAIL", "203.0.113.9", nil, spoof, sbody, "tempfail", "none", ""},
+		{"forwarder check: PTR SERVFAIL", "203.0.113.9", nil, spoof, sbody, "tempfail", "none", "451 4.4.3 Could not check whether the client is a trusted forwarder, try again later"},
 		{"forwarder check: address SERVFAIL", "203.0.113.10", nil, spoof, sbody, "tempfail", "none", ""},
 		{"trusted upstream sealed dmarc=pass", "198.51.100.1", nil, arcUp, sbody, "accept", "delivered", "arc=pass (i=1 d=upstream.example); dmarc=fail (p=REJECT dis=NONE override=local_policy)"},
 		{"trusted set changed after sealing", "198.51.100.1", nil, arcUp, append([]byte("spam\r\n"), sbody...), "reject", "none", ""},
@@ -80,7 +80,7 @@ func TestLocalPolicy(t *testing.T) {
 		{"recipient monitor mode", "198.51.100.1", []string{"a@watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
 		{"recipient off: no header", "198.51.100.1", []string{"a@optout.example"}, spoof, sbody, "accept", "delivered", "-"},
 		{"recipients of one mode: parent and subdomain", "198.51.100.1", []string{"a@watch.example", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
-		{"enforced recipient", "198.51.100.1", []string{"a@lab.test"}, spoof, sbody, "reject", "none", ""},
+		{"enforced recipient", "198.51.100.1", []string{"a@lab.test"}, spoof, sbody, "reject", "none", "550 5.7.1 Email rejected per DMARC policy for aligned.example"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -91,6 +91,13 @@ func TestLocalPolicy(t *testing.T) {
 			o := c.send(t, envelope{MailFrom: "x@attacker.example.org", Rcpt: tt.rcpt}, tt.fields, tt.body)
 			if o.SMTP != tt.smtp || o.Queue != tt.queue {
 				t.Fatalf("got %s/%s (%s), want %s/%s", o.SMTP, o.Queue, o.Reply, tt.smtp, tt.queue)
+			}
+			if o.SMTP != "accept" {
+				// For a refusal, arContains is the reply.
+				if o.Reply != tt.arContains && tt.arContains != "" {
+					t.Errorf("reply %q, want %q", o.Reply, tt.arContains)
+				}
+				return
 			}
 			var ours []string
 			for _, v := range arValues(o.Header) {

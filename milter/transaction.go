@@ -487,6 +487,10 @@ func (t *Transaction) actionFor(ev *policy.Evaluation) (Action, string) {
 	case policy.ResultFail:
 		switch ev.Disposition {
 		case policy.PolicyReject:
+			if ev.Policy != policy.PolicyReject && localOverride(ev) {
+				// reject_from: the domain did not ask for this, we did.
+				return ActionReject, "550 5.7.1 Email rejected per local policy: DMARC failed for " + dom
+			}
 			// RFC 9989 §5.3.6 suggested text.
 			return ActionReject, "550 5.7.1 Email rejected per DMARC policy for " + dom
 		case policy.PolicyQuarantine:
