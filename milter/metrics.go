@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
 // Metrics counts what the milter did. It is kept free of any metrics
@@ -14,6 +16,9 @@ type Metrics struct {
 	SessionsOpen  atomic.Int64
 	SessionsTotal atomic.Int64
 	Panics        atomic.Int64
+	// MTAWriteErrors counts replies and header changes that could not be
+	// sent to the MTA (it then applies milter_default_action).
+	MTAWriteErrors atomic.Int64
 	// ReloadsOK and ReloadsFailed count configuration reloads (SIGHUP);
 	// the daemon reports them with Reloaded.
 	ReloadsOK     atomic.Int64
@@ -28,7 +33,7 @@ type Metrics struct {
 
 	mu        sync.Mutex
 	skips     map[string]int64
-	decisions map[[2]string]int64   // {dmarc result, action}
+	decisions map[[3]string]int64   // {dmarc result, disposition, action}
 	dns       map[string]*Histogram // by lookup: spf, dmarc
 }
 
@@ -42,7 +47,7 @@ func NewMetrics() *Metrics {
 		Decision:  NewHistogram(LatencyBuckets),
 		Message:   NewHistogram(LatencyBuckets),
 		skips:     map[string]int64{},
-		decisions: map[[2]string]int64{},
+		decisions: map[[3]string]int64{},
 		dns:       map[string]*Histogram{},
 	}
 }
@@ -70,7 +75,13 @@ func (m *Metrics) decided(d *Decision) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, ev := range d.Evals {
-		m.decisions[[2]string{string(ev.Result), string(d.Action)}]++
+		// The disposition beside the action shows what monitor mode
+		// and local policy held back: during a rollout, "would reject".
+		dis := string(ev.Disposition)
+		if ev.Result != policy.ResultFail || dis == "" {
+			dis = "none"
+		}
+		m.decisions[[3]string{string(ev.Result), dis, string(d.Action)}]++
 	}
 }
 
@@ -87,11 +98,12 @@ func (m *Metrics) dnsTime(lookup string, d time.Duration) {
 	h.Observe(d.Seconds())
 }
 
-// Decisions returns a copy of the per-result, per-action message counts.
-func (m *Metrics) Decisions() map[[2]string]int64 {
+// Decisions returns a copy of the message counts by result, disposition
+// and action.
+func (m *Metrics) Decisions() map[[3]string]int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make(map[[2]string]int64, len(m.decisions))
+	out := make(map[[3]string]int64, len(m.decisions))
 	for k, v := range m.decisions {
 		out[k] = v
 	}

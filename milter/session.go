@@ -250,7 +250,12 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 		}
 		return gomilter.RespContinue, nil
 	}
-	return s.act(m, d)
+	resp, err = s.act(m, d)
+	if err != nil {
+		s.srv.metrics.MTAWriteErrors.Add(1)
+		s.log.Warn("could not send the decision to the MTA", "queue_id", tx.QueueID, "err", err)
+	}
+	return resp, err
 }
 
 // removeAR deletes the A-R fields at the 1-based indexes idx, from the

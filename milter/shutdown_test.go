@@ -118,3 +118,28 @@ func TestReloadAppliesPerMessage(t *testing.T) {
 		t.Fatalf("after the reload, same connection: %+v", o)
 	}
 }
+
+// TestMetricsShowWhatMonitorHeldBack: in monitor mode a p=reject failure
+// is counted with disposition reject and action accept, which is what an
+// operator watches before switching to enforce.
+func TestMetricsShowWhatMonitorHeldBack(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	cfg.Mode = "monitor"
+	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
+	spoof, sbody, err := testcase.SplitMessage(readMessage(t, "spoof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dialMilter(t, tm.addr)
+	if _, err := c.connect("client.example", "198.51.100.5", "client.example"); err != nil {
+		t.Fatal(err)
+	}
+	if o := c.send(t, envelope{MailFrom: "x@attacker.example.org"}, spoof, sbody); o.SMTP != "accept" {
+		t.Fatalf("monitor: %+v", o)
+	}
+	got := tm.srv.Metrics().Decisions()
+	if len(got) != 1 || got[[3]string{"fail", "reject", "accept"}] != 1 {
+		t.Fatalf("decisions %v, want fail/reject/accept once", got)
+	}
+}

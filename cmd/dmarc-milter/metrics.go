@@ -101,20 +101,22 @@ func writeMetrics(w *bytes.Buffer, srv *milter.Server, res *dnsres.Resolver) {
 	e.family("dmarc_milter_build_info", "gauge", "Always 1; the version label says which build runs.")
 	e.sample("dmarc_milter_build_info", labels{{"version", versionString()}}, 1)
 
-	e.family("dmarc_milter_messages_total", "counter", "DMARC evaluations by result and the action taken on the message (a message with several From domains counts once per domain).")
+	e.family("dmarc_milter_messages_total", "counter", "DMARC evaluations by result, the disposition the policy asked for (after sampling and local policy) and the action taken on the message; monitor mode shows as disposition reject with action accept. A message with several From domains counts once per domain.")
 	dec := m.Decisions()
-	keys := make([][2]string, 0, len(dec))
+	keys := make([][3]string, 0, len(dec))
 	for k := range dec {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool {
-		if keys[i][0] != keys[j][0] {
-			return keys[i][0] < keys[j][0]
+		for n := range keys[i] {
+			if keys[i][n] != keys[j][n] {
+				return keys[i][n] < keys[j][n]
+			}
 		}
-		return keys[i][1] < keys[j][1]
+		return false
 	})
 	for _, k := range keys {
-		e.sample("dmarc_milter_messages_total", labels{{"dmarc", k[0]}, {"action", k[1]}}, float64(dec[k]))
+		e.sample("dmarc_milter_messages_total", labels{{"dmarc", k[0]}, {"disposition", k[1]}, {"action", k[2]}}, float64(dec[k]))
 	}
 
 	e.family("dmarc_milter_skipped_total", "counter", "Messages or connections not evaluated, by reason.")
@@ -129,6 +131,8 @@ func writeMetrics(w *bytes.Buffer, srv *milter.Server, res *dnsres.Resolver) {
 	e.sample("dmarc_milter_sessions_total", nil, float64(m.SessionsTotal.Load()))
 	e.family("dmarc_milter_panics_total", "counter", "Internal errors (recovered panics) answered with the on_error action.")
 	e.sample("dmarc_milter_panics_total", nil, float64(m.Panics.Load()))
+	e.family("dmarc_milter_mta_write_errors_total", "counter", "Replies or header changes that could not be sent to the MTA, which then applies milter_default_action.")
+	e.sample("dmarc_milter_mta_write_errors_total", nil, float64(m.MTAWriteErrors.Load()))
 	e.family("dmarc_milter_config_reloads_total", "counter", "Configuration reloads (SIGHUP) by result; a failed one keeps the running configuration.")
 	e.sample("dmarc_milter_config_reloads_total", labels{{"result", "failure"}}, float64(m.ReloadsFailed.Load()))
 	e.sample("dmarc_milter_config_reloads_total", labels{{"result", "success"}}, float64(m.ReloadsOK.Load()))

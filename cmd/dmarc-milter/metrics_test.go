@@ -118,7 +118,7 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	one := f.scrape(t)
 	want := map[string]float64{
-		`dmarc_milter_messages_total{dmarc="fail",action="reject"}`:        1,
+		`dmarc_milter_messages_total{dmarc="fail",disposition="reject",action="reject"}`:        1,
 		"dmarc_milter_sessions_total":                                      1,
 		"dmarc_milter_decision_seconds_count":                              1,
 		`dmarc_milter_decision_seconds_bucket{le="+Inf"}`:                  1,
@@ -148,7 +148,7 @@ func TestMetricsScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	two := f.scrape(t)
-	if two[`dmarc_milter_messages_total{dmarc="fail",action="reject"}`] != 2 || two["dmarc_milter_sessions_total"] != 2 {
+	if two[`dmarc_milter_messages_total{dmarc="fail",disposition="reject",action="reject"}`] != 2 || two["dmarc_milter_sessions_total"] != 2 {
 		t.Errorf("second message not counted: %v", two)
 	}
 	if two["dmarc_milter_dns_cache_hits_total"] <= one["dmarc_milter_dns_cache_hits_total"] || two["dmarc_milter_dns_queries_total"] != one["dmarc_milter_dns_queries_total"] {
@@ -483,7 +483,7 @@ func TestDaemonMetrics(t *testing.T) {
 	if act, err := sendSpoof(d.addr, 0); err != nil || act.SMTPCode != 550 {
 		t.Fatalf("spoof: %+v %v", act, err)
 	}
-	if got := f.scrape(t)[`dmarc_milter_messages_total{dmarc="fail",action="reject"}`]; got != 1 {
+	if got := f.scrape(t)[`dmarc_milter_messages_total{dmarc="fail",disposition="reject",action="reject"}`]; got != 1 {
 		t.Errorf("daemon counted %v rejects, want 1", got)
 	}
 
