@@ -188,10 +188,40 @@ func TestDecisionLog(t *testing.T) {
 						t.Errorf("%s: overrides = %q on a message without one", qid, v)
 					}
 				}
-				if d, err := time.ParseDuration(got["duration"]); err != nil || d <= 0 {
-					t.Errorf("%s: duration = %q", qid, got["duration"])
+				for _, k := range []string{"duration", "dns_spf", "dns_dmarc"} {
+					if d, err := time.ParseDuration(got[k]); err != nil || d <= 0 {
+						t.Errorf("%s: %s = %q", qid, k, got[k])
+					}
 				}
 			}
 		})
 	}
+}
+
+// TestDecisionLogRecordWarnings: what the record parser dropped or
+// defaulted reaches the log line, not only `dmarc-milter record`.
+func TestDecisionLogRecordWarnings(t *testing.T) {
+	var buf lockedBuffer
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	addr := startLoggedMilter(t, cfg, slog.New(slog.NewTextHandler(&buf, nil)))
+	c := dialMilter(t, addr)
+	if _, err := c.connect("client.example", "198.51.100.1", "h.example"); err != nil {
+		t.Fatal(err)
+	}
+	fields := []testcase.Field{{Name: "From", Value: " a@typo.example"}, {Name: "Subject", Value: " x"}}
+	if o := c.send(t, envelope{MailFrom: "x@attacker.example.org"}, fields, []byte("hi\r\n")); o.SMTP != "reject" {
+		t.Fatalf("%+v", o)
+	}
+	for _, l := range strings.Split(buf.String(), "\n") {
+		f, err := parseLogfmt(l)
+		if err != nil || f["msg"] != "dmarc decision" {
+			continue
+		}
+		if !strings.Contains(f["dmarc_discarded"], "adkim") {
+			t.Errorf("dmarc_discarded = %q, want the adkim=x warning", f["dmarc_discarded"])
+		}
+		return
+	}
+	t.Fatalf("no decision line:\n%s", buf.String())
 }

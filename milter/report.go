@@ -129,6 +129,8 @@ func (t *Transaction) logDecision(d *Decision) {
 		"spf", d.SPF.Result,
 		"action", string(d.Action),
 		"duration", d.Elapsed.Round(time.Microsecond).String(),
+		"dns_spf", d.SPFTime.Round(time.Microsecond).String(),
+		"dns_dmarc", d.DMARCTime.Round(time.Microsecond).String(),
 	}
 	var dk []string
 	for _, r := range d.DKIM {
@@ -176,6 +178,11 @@ func (t *Transaction) logDecision(d *Decision) {
 	var discarded []string
 	for _, ev := range d.Evals {
 		discarded = append(discarded, ev.Discarded...)
+		if ev.Record != nil {
+			// Tags the parser dropped or defaulted (issue 3: say what was
+			// discarded), so a publisher's typo shows in the log too.
+			discarded = append(discarded, ev.Record.Warnings...)
+		}
 	}
 	if len(discarded) > 0 {
 		attrs = append(attrs, "dmarc_discarded", strings.Join(discarded, "; "))
