@@ -14,7 +14,7 @@ import (
 // arcMessage builds a message as a list then forwarded through sealers:
 // each sealing adds one ARC set with the independent signer of
 // internal/testcase; mods change the fields (and body) after sealing.
-func arcMessage(t *testing.T, seals []testcase.ARCSealing, body string, mod func([]testcase.Field, string) ([]testcase.Field, string)) ([]testcase.Field, string) {
+func arcMessage(t testing.TB, seals []testcase.ARCSealing, body string, mod func([]testcase.Field, string) ([]testcase.Field, string)) ([]testcase.Field, string) {
 	t.Helper()
 	fs, b, err := testcase.SplitMessage([]byte(testMessage))
 	if err != nil {
@@ -44,7 +44,7 @@ func arcMessage(t *testing.T, seals []testcase.ARCSealing, body string, mod func
 	return fs, out
 }
 
-func arcLookup(t *testing.T) *keyLookup {
+func arcLookup(t testing.TB) *keyLookup {
 	_, rsaRec := loadKey(t, "rsa2048")
 	_, edRec := loadKey(t, "ed25519")
 	return &keyLookup{records: map[string][]string{
