@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,7 +24,7 @@ import (
 // from a zero value, so defaults < file < flags.
 type fileConfig struct {
 	Listen            *string   `toml:"listen"`
-	DNS               *[]string `toml:"dns"`
+	DNS               *strList  `toml:"dns"`
 	AuthServID        *string   `toml:"authserv_id"`
 	Mode              *string   `toml:"mode"`
 	Quarantine        *string   `toml:"quarantine"`
@@ -34,7 +35,7 @@ type fileConfig struct {
 	RejectMultiDomain *bool     `toml:"reject_multi_domain_from"`
 	Spec              *string   `toml:"spec"`
 	PSL               *string   `toml:"psl"`
-	TrustedNetworks   *[]string `toml:"trusted_networks"`
+	TrustedNetworks   *strList  `toml:"trusted_networks"`
 	SkipAuthenticated *bool     `toml:"skip_authenticated"`
 	MessageTimeout    *duration `toml:"message_timeout"`
 	DNSTimeout        *duration `toml:"dns_timeout"`
@@ -61,15 +62,89 @@ type localPolicyConfig struct {
 	RecipientDomains map[string]string `toml:"recipient_domains"`
 }
 
-type duration struct{ time.Duration }
+// duration is a Go duration in the file ("20s"). A value that does not
+// parse is kept in bad and refused by apply, which names the key: the TOML
+// decoder's own message would name neither key nor remedy.
+type duration struct {
+	time.Duration
+	bad string
+}
 
 func (d *duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return err
+		d.bad = string(b)
+		return nil
 	}
 	d.Duration = v
 	return nil
+}
+
+// get returns the duration, or the error apply reports under key.
+func (d *duration) get(key string) (time.Duration, error) {
+	if d.bad == "" {
+		return d.Duration, nil
+	}
+	if _, err := strconv.ParseFloat(d.bad, 64); err == nil {
+		// message_timeout = 20: TOML hands the number over as text.
+		return 0, fmt.Errorf("%s: %s has no unit: write it as a string with one, like \"%ss\"", key, d.bad, d.bad)
+	}
+	return 0, fmt.Errorf("%s: %q is not a duration like \"20s\" or \"500ms\"", key, d.bad)
+}
+
+// strList is a list key that takes what its flag takes: a list of
+// strings, or one string of comma-separated items (dns = "127.0.0.1"
+// as -dns 127.0.0.1). Like duration, a wrong TOML type is kept in bad for
+// apply to report under the key's name.
+type strList struct {
+	items []string
+	bad   string
+}
+
+func (l *strList) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		l.items = []string{v}
+	case []any:
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				l.bad = fmt.Sprintf("%v is not a string: quote each item, as in [\"127.0.0.1:53\"]", e)
+				return nil
+			}
+			l.items = append(l.items, s)
+		}
+	default:
+		l.bad = fmt.Sprintf("%v is not a string or a list of strings", v)
+	}
+	return nil
+}
+
+// MarshalTOML writes the list as a TOML array, so that config check
+// prints the shape the sample file uses.
+func (l strList) MarshalTOML() ([]byte, error) {
+	q := make([]string, len(l.items))
+	for i, s := range l.items {
+		q[i] = tomlString(s)
+	}
+	return []byte("[" + strings.Join(q, ", ") + "]"), nil
+}
+
+// split returns the items, each further split at commas (as the flag's
+// value is), without empty ones, or the error apply reports under key.
+func (l *strList) split(key string) ([]string, error) {
+	if l.bad != "" {
+		return nil, fmt.Errorf("%s: %s", key, l.bad)
+	}
+	var out []string
+	for _, s := range l.items {
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out, nil
 }
 
 // Settings is the effective configuration of the daemon.
@@ -116,6 +191,10 @@ func loadFile(path string) (*fileConfig, error) {
 	var fc fileConfig
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&fc)
 	if err != nil {
+		if m := tomlTypeError.FindStringSubmatch(err.Error()); m != nil {
+			key := strings.Replace(m[2], ".", ": ", 1)
+			return nil, fmt.Errorf("%s:%s: %s: want %s, not %s", path, m[1], key, tomlWant(m[4]), tomlGot(m[3]))
+		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
@@ -128,6 +207,42 @@ func loadFile(path string) (*fileConfig, error) {
 	return &fc, nil
 }
 
+// tomlTypeError is the decoder's message for a value of the wrong TOML
+// type (mode = 1), which it words in Go types.
+var tomlTypeError = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): incompatible types: TOML value has type (\S+); destination has type (\S+)$`)
+
+func tomlWant(goType string) string {
+	switch goType {
+	case "string":
+		return "a string in double quotes"
+	case "boolean":
+		return "true or false (no quotes)"
+	case "integer":
+		return "a whole number (no quotes)"
+	case "slice":
+		return `a list like ["a", "b"]`
+	case "map", "struct":
+		return "a table"
+	}
+	return goType
+}
+
+func tomlGot(tomlType string) string {
+	switch {
+	case tomlType == "string":
+		return "a string"
+	case strings.HasPrefix(tomlType, "int"), strings.HasPrefix(tomlType, "float"):
+		return "a number"
+	case tomlType == "bool":
+		return "a boolean"
+	case strings.HasPrefix(tomlType, "map"):
+		return "a table"
+	case strings.HasPrefix(tomlType, "[]"):
+		return "a list"
+	}
+	return tomlType
+}
+
 // apply lays fc over st and checks every value.
 func (fc *fileConfig) apply(st *Settings) error {
 	mc := &st.Milter
@@ -138,13 +253,19 @@ func (fc *fileConfig) apply(st *Settings) error {
 	}
 	set(&st.Listen, fc.Listen)
 	if fc.DNS != nil {
+		servers, err := fc.DNS.split("dns")
+		if err != nil {
+			return err
+		}
 		st.DNS = nil
-		for _, s := range *fc.DNS {
-			for _, p := range strings.Split(s, ",") {
-				if p = strings.TrimSpace(p); p != "" {
-					st.DNS = append(st.DNS, p)
+		for _, p := range servers {
+			// An address alone means port 53, as in resolv.conf.
+			if _, _, err := net.SplitHostPort(p); err != nil {
+				if a := strings.Trim(p, "[]"); net.ParseIP(a) != nil {
+					p = net.JoinHostPort(a, "53")
 				}
 			}
+			st.DNS = append(st.DNS, p)
 		}
 	}
 	set(&mc.AuthServID, fc.AuthServID)
@@ -162,32 +283,39 @@ func (fc *fileConfig) apply(st *Settings) error {
 	}
 	set(&st.PSL, fc.PSL)
 	if fc.TrustedNetworks != nil {
+		nets, err := fc.TrustedNetworks.split("trusted_networks")
+		if err != nil {
+			return err
+		}
 		mc.TrustedNetworks = nil
-		for _, s := range *fc.TrustedNetworks {
-			for _, p := range strings.Split(s, ",") {
-				p = strings.TrimSpace(p)
-				if p == "" {
-					continue
-				}
-				pfx, err := parsePrefix(p)
-				if err != nil {
-					return fmt.Errorf("trusted_networks: %w", err)
-				}
-				mc.TrustedNetworks = append(mc.TrustedNetworks, pfx)
+		for _, p := range nets {
+			pfx, err := parsePrefix(p)
+			if err != nil {
+				return fmt.Errorf("trusted_networks: %w", err)
 			}
+			mc.TrustedNetworks = append(mc.TrustedNetworks, pfx)
 		}
 	}
 	if fc.SkipAuthenticated != nil {
 		mc.SkipAuthenticated = *fc.SkipAuthenticated
 	}
-	if fc.MessageTimeout != nil {
-		mc.MessageTimeout = fc.MessageTimeout.Duration
-	}
-	if fc.DNSTimeout != nil {
-		st.DNSTimeout = fc.DNSTimeout.Duration
-	}
-	if fc.IdleTimeout != nil {
-		mc.IdleTimeout = fc.IdleTimeout.Duration
+	for _, d := range []struct {
+		key string
+		src *duration
+		dst *time.Duration
+	}{
+		{"message_timeout", fc.MessageTimeout, &mc.MessageTimeout},
+		{"dns_timeout", fc.DNSTimeout, &st.DNSTimeout},
+		{"idle_timeout", fc.IdleTimeout, &mc.IdleTimeout},
+	} {
+		if d.src == nil {
+			continue
+		}
+		v, err := d.src.get(d.key)
+		if err != nil {
+			return err
+		}
+		*d.dst = v
 	}
 	if fc.MaxDKIMSignatures != nil {
 		mc.MaxDKIMSignatures = *fc.MaxDKIMSignatures
@@ -290,7 +418,7 @@ func (st *Settings) validate() error {
 	}
 	for _, s := range st.DNS {
 		if _, _, err := net.SplitHostPort(s); err != nil {
-			return fmt.Errorf("dns: %q is not HOST:PORT", s)
+			return fmt.Errorf("dns: %q is not an address or ADDRESS:PORT", s)
 		}
 	}
 	if st.DNSTimeout <= 0 || st.DNSTimeout > st.Milter.MessageTimeout {

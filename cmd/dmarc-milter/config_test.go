@@ -1,9 +1,12 @@
 package main
 
 import (
+	"flag"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,20 +101,25 @@ recipient_domains = { "Customer.Example" = "off" }
 		{`[local_policy]
 allow_fromm = ["x.example"]`, "", "unknown key"},
 		{`listen = "inet:host"`, "", "listen"},
-		{`dns = ["127.0.0.1"]`, "", "dns"},
+		{`dns = ["resolver.example"]`, "", "c.toml:1: dns: "},
+		{`dns = [53]`, "", "c.toml:1: dns: 53 is not a string"},
 		{`trusted_networks = ["10.0.0.0/33"]`, "", "trusted_networks"},
-		{`message_timeout = "10m"`, "", "message-timeout"},
-		{`message_timeout = "ten"`, "", "ten"},
+		{`message_timeout = "10m"`, "", "c.toml:1: message_timeout: 10m0s must be"},
+		{`message_timeout = "10s"`, "-message-timeout=10m", "message-timeout: 10m0s must be"},
+		{`message_timeout = "ten"`, "", `c.toml:1: message_timeout: "ten" is not a duration`},
+		{`mode = 1`, "", "c.toml:1: mode: want a string in double quotes, not a number"},
+		{"[local_policy]\nallow_from = \"x.example\"", "", `c.toml:2: local_policy: allow_from: want a list like ["a", "b"], not a string`},
 		{`spec = "rfc1234"`, "", "spec"},
 		{`psl = "/nonexistent/psl.dat"`, "", "psl"},
-		{`authserv_id = "a b"`, "", "authserv-id"},
-		{`quarantine_header = "no colon"`, "", "quarantine-header"},
+		{`authserv_id = "a b"`, "", "c.toml:1: authserv_id: "},
+		{"", "-authserv-id=a;b", "authserv-id: "},
+		{`quarantine_header = "no colon"`, "", "c.toml:1: quarantine_header: "},
 		{`[local_policy]
 recipient_domains = { "x.example" = "sometimes" }`, "", "sometimes"},
 		{`[local_policy]
 reject_from = ["not a domain"]`, "", "reject_from"},
 		{`[local_policy]
-trusted_arc_authserv_ids = ["lab.test"]`, "-authserv-id=lab.test", "own authserv-id"},
+trusted_arc_authserv_ids = ["lab.test"]`, "-authserv-id=lab.test", "c.toml:2: local_policy: trusted_arc_authserv_ids: \"lab.test\" is our own authserv-id"},
 		{`log_output = "file"`, "", "log_output"},
 		{`socket_mode = "rw"`, "", "socket_mode"},
 		{`this is not toml`, "", "c.toml"},
@@ -140,5 +148,86 @@ func TestRunSubcommands(t *testing.T) {
 	}
 	if rc := run([]string{"serve", "-mode", "bogus"}, io.Discard, io.Discard); rc != 2 {
 		t.Errorf("bad flag value: %d", rc)
+	}
+}
+
+// TestFileTakesWhatFlagTakes: a list key takes what its flag takes (one
+// string of comma-separated items, an address without port), and the file
+// and the flag give the same settings.
+func TestFileTakesWhatFlagTakes(t *testing.T) {
+	wantDNS := []string{"127.0.0.1:53", "[::1]:5353", "[2001:db8::53]:53"}
+	wantNets := []string{"10.0.0.0/8", "192.0.2.1/32"}
+	for _, tt := range []struct{ file, dns, nets string }{
+		{file: `dns = ["127.0.0.1", "[::1]:5353", "2001:db8::53"]` + "\n" + `trusted_networks = ["10.0.0.0/8", "192.0.2.1"]`},
+		{file: `dns = "127.0.0.1, [::1]:5353,[2001:db8::53]"` + "\n" + `trusted_networks = "10.0.0.0/8, 192.0.2.1"`},
+		{dns: "127.0.0.1,[::1]:5353,2001:db8::53", nets: "10.0.0.0/8,192.0.2.1"},
+	} {
+		args := []string{"-config", writeTemp(t, tt.file)}
+		if tt.dns != "" {
+			args = append(args, "-dns", tt.dns, "-trusted-networks", tt.nets)
+		}
+		st, _, err := loadSettings(args, io.Discard)
+		if err != nil {
+			t.Errorf("%q %q: %v", tt.file, tt.dns, err)
+			continue
+		}
+		var nets []string
+		for _, p := range st.Milter.TrustedNetworks {
+			nets = append(nets, p.String())
+		}
+		if !slices.Equal(st.DNS, wantDNS) || !slices.Equal(nets, wantNets) {
+			t.Errorf("%q %q: dns %q, trusted_networks %q", tt.file, tt.dns, st.DNS, nets)
+		}
+	}
+}
+
+// TestEveryKeyIsAFlag: the sample file says every top-level key is also a
+// flag of serve ('-' for '_'), and the flags are exactly the keys plus
+// -config.
+func TestEveryKeyIsAFlag(t *testing.T) {
+	fs, _ := flagSet(io.Discard)
+	flags := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { flags[f.Name] = true })
+	var fc fileConfig
+	for _, k := range walkKeys(&fc) {
+		if k.table || strings.Contains(k.name, ".") {
+			continue
+		}
+		name := strings.ReplaceAll(k.name, "_", "-")
+		if !flags[name] {
+			t.Errorf("key %s has no flag -%s", k.name, name)
+		}
+		delete(flags, name)
+	}
+	delete(flags, "config")
+	for f := range flags {
+		t.Errorf("flag -%s is no key of the file", f)
+	}
+	st, _, err := loadSettings([]string{"-max-header-bytes", "131072"}, io.Discard)
+	if err != nil || st.Milter.MaxHeaderBytes != 131072 {
+		t.Errorf("-max-header-bytes: %d %v", st.Milter.MaxHeaderBytes, err)
+	}
+}
+
+// TestREADMEListsEveryFlag: the README's flag table has one row per flag
+// of serve, so that it can say it lists them all.
+func TestREADMEListsEveryFlag(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `-([a-z-]+)`").FindAllStringSubmatch(string(data), -1) {
+		rows[m[1]] = true
+	}
+	fs, _ := flagSet(io.Discard)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !rows[f.Name] {
+			t.Errorf("README.md: no row for -%s", f.Name)
+		}
+		delete(rows, f.Name)
+	})
+	for r := range rows {
+		t.Errorf("README.md: row for -%s, which serve does not have", r)
 	}
 }

@@ -6,6 +6,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding"
 	"fmt"
 	"io"
 	"net/netip"
@@ -93,7 +94,7 @@ func checkSettings(path string, stderr io.Writer) (Settings, error) {
 	fs, _ := flagSet(io.Discard)
 	st, err := settingsFrom(fs, path)
 	if err != nil {
-		return Settings{}, withLine(path, err)
+		return Settings{}, err
 	}
 	if st.PSL != "" {
 		if _, err := policy.LoadPSL(st.PSL); err != nil {
@@ -193,12 +194,7 @@ func (d duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 func fileFrom(st Settings) fileConfig {
 	mc := st.Milter
 	str := func(s string) *string { return &s }
-	list := func(l []string) *[]string {
-		if l == nil {
-			l = []string{}
-		}
-		return &l
-	}
+	list := func(l []string) *strList { return &strList{items: l} }
 	nets := func(ps []netip.Prefix) []string {
 		out := []string{}
 		for _, p := range ps {
@@ -234,9 +230,9 @@ func fileFrom(st Settings) fileConfig {
 		PSL:               str(st.PSL),
 		TrustedNetworks:   list(nets(mc.TrustedNetworks)),
 		SkipAuthenticated: b(mc.SkipAuthenticated),
-		MessageTimeout:    &duration{mc.MessageTimeout},
-		DNSTimeout:        &duration{st.DNSTimeout},
-		IdleTimeout:       &duration{mc.IdleTimeout},
+		MessageTimeout:    &duration{Duration: mc.MessageTimeout},
+		DNSTimeout:        &duration{Duration: st.DNSTimeout},
+		IdleTimeout:       &duration{Duration: mc.IdleTimeout},
 		MaxDKIMSignatures: n(mc.MaxDKIMSignatures),
 		LogFormat:         str(st.LogFormat),
 		LogLevel:          str(st.LogLevel),
@@ -303,7 +299,10 @@ func walkKeys(fc *fileConfig) []tomlKey {
 				continue
 			}
 			f := v.Field(i)
-			if f.Kind() == reflect.Pointer && f.Type().Elem().Kind() == reflect.Struct && f.Type().Elem() != reflect.TypeFor[duration]() {
+			// A table is a struct of further keys; duration and strList
+			// are structs that decode one value.
+			if f.Kind() == reflect.Pointer && f.Type().Elem().Kind() == reflect.Struct &&
+				!f.Type().Implements(reflect.TypeFor[encoding.TextUnmarshaler]()) && !f.Type().Implements(reflect.TypeFor[toml.Unmarshaler]()) {
 				out = append(out, tomlKey{name: prefix + name, unset: f.IsNil(), table: true})
 				if f.IsNil() {
 					f = reflect.New(f.Type().Elem())

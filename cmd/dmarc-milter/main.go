@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"regexp"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -93,7 +94,7 @@ func flagSet(stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.SetOutput(stderr)
 	config := fs.String("config", "", "TOML configuration `file` (optional; flags override it)")
 	fs.String("listen", "inet:127.0.0.1:8893", "milter socket: inet:HOST:PORT, inet:PORT@HOST, unix:/path or local:/path")
-	fs.String("dns", "", "comma-separated HOST:PORT resolvers (default: /etc/resolv.conf)")
+	fs.String("dns", "", "comma-separated resolvers, ADDRESS or ADDRESS:PORT (port 53 if none; default: /etc/resolv.conf)")
 	fs.String("authserv-id", "", "authserv-id in Authentication-Results (default: the host name)")
 	fs.String("mode", "enforce", "enforce, or monitor (evaluate and write the header, never reject or quarantine)")
 	fs.String("quarantine", "tag", "tag (deliver with -quarantine-header) or hold (milter quarantine: Postfix hold queue)")
@@ -110,6 +111,7 @@ func flagSet(stderr io.Writer) (*flag.FlagSet, *string) {
 	fs.Duration("dns-timeout", 2*time.Second, "timeout of one DNS query attempt")
 	fs.Duration("idle-timeout", 10*time.Minute, "close an MTA connection silent for this long")
 	fs.Int("max-dkim-signatures", 5, "DKIM signatures verified per message")
+	fs.Int("max-header-bytes", 1<<20, "header bytes kept and verified per message (at least 65536)")
 	fs.String("log-format", "text", "text or json (on stderr)")
 	fs.String("log-level", "info", "debug, info, warn or error")
 	fs.String("socket-mode", "0660", "file mode of a unix socket")
@@ -139,10 +141,10 @@ func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 	if config != "" {
 		fc, err := loadFile(config)
 		if err != nil {
-			return Settings{}, err
+			return Settings{}, withLine(config, err)
 		}
 		if err := fc.apply(&st); err != nil {
-			return Settings{}, fmt.Errorf("%s: %w", config, err)
+			return Settings{}, withLine(config, fmt.Errorf("%s: %w", config, err))
 		}
 	}
 	var fc fileConfig
@@ -150,14 +152,14 @@ func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 	fs.Visit(func(f *flag.Flag) {
 		v := f.Value.String()
 		str := func() *string { return &v }
-		list := func() *[]string { l := []string{v}; return &l }
+		list := func() *strList { return &strList{items: []string{v}} }
 		b := func() *bool { x := v == "true"; return &x }
 		dur := func() *duration {
 			d, err := time.ParseDuration(v)
 			if err != nil {
 				ferr = err
 			}
-			return &duration{d}
+			return &duration{Duration: d}
 		}
 		switch f.Name {
 		case "listen":
@@ -194,10 +196,14 @@ func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 			fc.DNSTimeout = dur()
 		case "idle-timeout":
 			fc.IdleTimeout = dur()
-		case "max-dkim-signatures":
+		case "max-dkim-signatures", "max-header-bytes":
 			n := 0
 			_, ferr = fmt.Sscan(v, &n)
-			fc.MaxDKIMSignatures = &n
+			if f.Name == "max-header-bytes" {
+				fc.MaxHeaderBytes = &n
+			} else {
+				fc.MaxDKIMSignatures = &n
+			}
 		case "log-format":
 			fc.LogFormat = str()
 		case "log-level":
@@ -219,9 +225,42 @@ func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 		return Settings{}, err
 	}
 	if err := st.validate(); err != nil {
-		return Settings{}, err
+		return Settings{}, spellError(err, fs, config)
 	}
 	return st, nil
+}
+
+// validationKey is the setting a validation message starts with, spelled
+// as a key or as a flag ("message-timeout: ...", "dns_timeout: ...").
+var validationKey = regexp.MustCompile(`^([a-z][a-z_-]*): `)
+
+// spellError names the setting of a validation error the way the operator
+// wrote it: as the flag if it was given on the command line (or there is
+// no file), else as the file's key, with the file and line in front.
+// Validation runs once on the merged settings, so it cannot tell by
+// itself where a value came from; milter.Config spells its keys as flags.
+func spellError(err error, fs *flag.FlagSet, config string) error {
+	msg := err.Error()
+	m := validationKey.FindStringSubmatch(msg)
+	if m == nil {
+		return err
+	}
+	key := strings.ReplaceAll(m[1], "-", "_")
+	flagName := strings.ReplaceAll(key, "_", "-")
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == flagName })
+	rest := msg[len(m[0]):]
+	if given || config == "" {
+		return fmt.Errorf("%s: %s", flagName, rest)
+	}
+	var fc fileConfig
+	for _, k := range walkKeys(&fc) {
+		if t, sub, ok := strings.Cut(k.name, "."); ok && sub == key {
+			key = t + ": " + sub
+			break
+		}
+	}
+	return withLine(config, fmt.Errorf("%s: %s: %s", config, key, rest))
 }
 
 // syslogNetwork and syslogAddr are where log_output = "syslog" sends:

@@ -30,7 +30,7 @@ import (
 func recordCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("dmarc-milter record", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dnsFlag := fs.String("dns", "", "comma-separated HOST:PORT resolvers (default: /etc/resolv.conf)")
+	dnsFlag := fs.String("dns", "", "comma-separated resolvers, ADDRESS or ADDRESS:PORT (port 53 if none; default: /etc/resolv.conf)")
 	spec := fs.String("spec", "rfc9989", "rfc9989 (DNS tree walk) or rfc7489 (public suffix list)")
 	psl := fs.String("psl", "", "public suffix list `file` (default: bundled)")
 	timeout := fs.Duration("dns-timeout", 2*time.Second, "timeout of one DNS query attempt")
