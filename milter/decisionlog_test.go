@@ -225,3 +225,37 @@ func TestDecisionLogRecordWarnings(t *testing.T) {
 	}
 	t.Fatalf("no decision line:\n%s", buf.String())
 }
+
+// TestNotEvaluatedLog: a message that is not evaluated (SASL client)
+// still gets one line with its queue id and the forged A-R removed.
+func TestNotEvaluatedLog(t *testing.T) {
+	var buf lockedBuffer
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	addr := startLoggedMilter(t, cfg, slog.New(slog.NewTextHandler(&buf, nil)))
+	c := dialMilter(t, addr)
+	if _, err := c.connect("laptop.example", "198.51.100.13", "laptop"); err != nil {
+		t.Fatal(err)
+	}
+	fields := []testcase.Field{{Name: "Authentication-Results", Value: " lab.test; dmarc=pass"}, {Name: "From", Value: " ceo@aligned.example"}}
+	o := c.send(t, envelope{MailFrom: "ceo@aligned.example", Macros: []string{"{auth_authen}", "ceo", "i", "4AUTH1"}}, fields, []byte("hi\r\n"))
+	if o.SMTP != "accept" {
+		t.Fatalf("%+v", o)
+	}
+	for _, v := range arValues(o.Header) {
+		if strings.Contains(v, "lab.test") {
+			t.Errorf("forged A-R delivered for a SASL client: %q", v)
+		}
+	}
+	for _, l := range strings.Split(buf.String(), "\n") {
+		f, err := parseLogfmt(l)
+		if err != nil || f["msg"] != "dmarc not evaluated" {
+			continue
+		}
+		if f["queue_id"] != "4AUTH1" || f["why"] != "authenticated" || f["client_ip"] != "198.51.100.13" || f["forged_ar_removed"] != "1" {
+			t.Errorf("line %q", l)
+		}
+		return
+	}
+	t.Fatalf("no line:\n%s", buf.String())
+}

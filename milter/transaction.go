@@ -277,9 +277,16 @@ func (t *Transaction) Finish() *Decision {
 	t.mode, modeWhy = t.effectiveMode()
 	if t.mode == "off" && t.Skip == "" {
 		t.Skip = "recipient mode off"
-		t.srv.log.Info("dmarc not evaluated", "queue_id", t.QueueID, "why", modeWhy)
 	}
 	if t.Skip != "" {
+		// One line per message, evaluated or not, for whoever greps the
+		// log for a queue id.
+		why := t.Skip
+		if modeWhy != "" && t.Skip == "recipient mode off" {
+			why = modeWhy
+		}
+		t.srv.log.Info("dmarc not evaluated", "queue_id", t.QueueID, "client_ip", t.Conn.IP.String(),
+			"mail_from", t.MailFrom, "why", why, "forged_ar_removed", len(t.arIndexes))
 		t.srv.metrics.skipped(t.Skip)
 		return nil
 	}
