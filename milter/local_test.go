@@ -20,6 +20,7 @@ func TestLocalPolicy(t *testing.T) {
 	cfg.Local = policy.LocalPolicy{AllowFrom: allow, RejectFrom: reject}
 	cfg.Forwarders = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/30")}
 	cfg.MailingListHosts, _ = policy.NewDomainSet([]string{"relay.example"})
+	cfg.ForwarderHosts, _ = policy.NewDomainSet([]string{"fwd.example"})
 	cfg.TrustedARC = []string{"mx.upstream.example"}
 	cfg.RecipientModes = map[string]string{"watch.example": "monitor", "optout.example": "off"}
 	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
@@ -67,6 +68,8 @@ func TestLocalPolicy(t *testing.T) {
 		{"trusted forwarder network", "203.0.113.2", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
 		{"mailing list host, forward-confirmed", "203.0.113.7", nil, spoof, sbody, "accept", "delivered", "override=mailing_list"},
 		{"mailing list host, PTR not confirmed", "203.0.113.8", nil, spoof, sbody, "reject", "none", ""},
+		{"forwarder host name, forward-confirmed", "203.0.113.11", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
+		{"forwarder host name over IPv6", "2001:db8::1", nil, spoof, sbody, "accept", "delivered", "override=trusted_forwarder"},
 		{"forwarder check: PTR SERVFAIL", "203.0.113.9", nil, spoof, sbody, "tempfail", "none", "451 4.4.3 Could not check whether the client is a trusted forwarder, try again later"},
 		{"forwarder check: address SERVFAIL", "203.0.113.10", nil, spoof, sbody, "tempfail", "none", ""},
 		{"trusted upstream sealed dmarc=pass", "198.51.100.1", nil, arcUp, sbody, "accept", "delivered", "arc=pass (i=1 d=upstream.example); dmarc=fail (p=REJECT dis=NONE override=local_policy)"},
