@@ -21,15 +21,14 @@ import (
 // milter.Transaction the daemon uses, and prints our Authentication-Results
 // with a readable trace of every step.
 func checkCmd(args []string, stdout, stderr io.Writer) int {
-	fs, config := flagSet(stderr)
-	fs.Init("dmarc-milter check", flag.ContinueOnError)
+	fs, config := checkFlagSet(stderr)
 	ip := fs.String("ip", "", "SMTP client address (default: from the topmost Received field)")
 	helo := fs.String("helo", "", "HELO name (default: from the topmost Received field)")
 	mailFrom := fs.String("mail-from", "", "envelope sender (default: Return-Path; \"<>\" for the null path)")
 	var rcpts stringList
 	fs.Var(&rcpts, "rcpt", "envelope recipient (repeatable; default: none)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: dmarc-milter check [-ip A] [-helo H] [-mail-from S] [-rcpt R] [serve flags] message.eml")
+		fmt.Fprintln(stderr, "usage: dmarc-milter check [-ip A] [-helo H] [-mail-from S] [-rcpt R] [-config FILE] [decision flags] message.eml")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -120,6 +119,29 @@ func checkCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	printDecision(w, d)
 	return 0
+}
+
+// notForCheck are the serve flags that cannot change an offline
+// evaluation: the socket, the logs, the connection timeout, and
+// skip-authenticated (check has no SMTP AUTH). A configuration file may
+// still set them; check loads and ignores them.
+var notForCheck = map[string]bool{
+	"listen": true, "socket-mode": true, "socket-group": true, "idle-timeout": true, "skip-authenticated": true,
+	"log-format": true, "log-level": true, "log-output": true, "metrics-listen": true,
+}
+
+// checkFlagSet is the serve flag set without notForCheck, sharing its
+// values, so that settingsFrom merges them exactly as serve does.
+func checkFlagSet(stderr io.Writer) (*flag.FlagSet, *string) {
+	all, config := flagSet(io.Discard)
+	fs := flag.NewFlagSet("dmarc-milter check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	all.VisitAll(func(f *flag.Flag) {
+		if !notForCheck[f.Name] {
+			fs.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	return fs, config
 }
 
 func printDecision(w io.Writer, d *milter.Decision) {

@@ -231,3 +231,34 @@ func TestREADMEListsEveryFlag(t *testing.T) {
 		t.Errorf("README.md: row for -%s, which serve does not have", r)
 	}
 }
+
+// TestHelp: -h and --help at the top level name every command as well as
+// the daemon's flags; check -h lists the flags that can change its
+// evaluation and not the daemon's socket and log flags.
+func TestHelp(t *testing.T) {
+	for _, h := range []string{"-h", "-help", "--help"} {
+		var out, errb strings.Builder
+		if rc := run([]string{h}, &out, &errb); rc != 0 {
+			t.Errorf("%s: rc %d", h, rc)
+		}
+		for _, want := range []string{"config from-opendmarc", "dmarc-milter check", "dmarc-milter record", "-listen", "-max-header-bytes"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s: no %q in\n%s", h, want, out.String())
+			}
+		}
+	}
+	var errb strings.Builder
+	if rc := run([]string{"check", "-h"}, io.Discard, &errb); rc != 0 {
+		t.Errorf("check -h: rc %d", rc)
+	}
+	for _, want := range []string{"-ip", "-rcpt", "-config", "-dns", "-mode", "-trusted-networks"} {
+		if !strings.Contains(errb.String(), "  "+want+" ") {
+			t.Errorf("check -h lacks %s:\n%s", want, errb.String())
+		}
+	}
+	for name := range notForCheck {
+		if strings.Contains(errb.String(), "  -"+name+" ") || strings.Contains(errb.String(), "  -"+name+"\n") {
+			t.Errorf("check -h lists -%s:\n%s", name, errb.String())
+		}
+	}
+}

@@ -2,7 +2,11 @@
 // and DKIM, evaluates the DMARC policy of the From domain and applies it.
 //
 //	dmarc-milter [serve] [flags]   run the daemon (the default)
+//	dmarc-milter config ...        check a configuration, convert OpenDMARC's
+//	dmarc-milter check ...         evaluate a saved message offline
+//	dmarc-milter record DOMAIN     explain a domain's DMARC policy
 //	dmarc-milter version           print the version
+//	dmarc-milter -h                all of this, and the daemon's flags
 package main
 
 import (
@@ -38,6 +42,15 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && isHelp(args[0]) {
+		// dmarc-milter -h: the commands first, then the daemon's flags
+		// (serve is the default command). serve -h prints only the flags.
+		usage(stdout)
+		fs, _ := flagSet(stdout)
+		fmt.Fprintln(stdout, "\nflags of serve (dmarc-milter [serve] [flags]):")
+		fs.PrintDefaults()
+		return 0
+	}
 	cmd := "serve"
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		cmd, args = args[0], args[1:]
@@ -63,6 +76,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help"
+}
+
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   dmarc-milter [serve] [flags]   run the milter (flags: dmarc-milter serve -h)
@@ -74,6 +91,7 @@ func usage(w io.Writer) {
   dmarc-milter record example.com
                                  fetch, validate and explain a domain's DMARC policy
   dmarc-milter version           print the version
+  dmarc-milter help              this list (also -h, --help)
 `)
 }
 
@@ -92,6 +110,10 @@ func versionString() string {
 func flagSet(stderr io.Writer) (*flag.FlagSet, *string) {
 	fs := flag.NewFlagSet("dmarc-milter serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: dmarc-milter [serve] [flags]   (the other commands: dmarc-milter -h)")
+		fs.PrintDefaults()
+	}
 	config := fs.String("config", "", "TOML configuration `file` (optional; flags override it)")
 	fs.String("listen", "inet:127.0.0.1:8893", "milter socket: inet:HOST:PORT, inet:PORT@HOST, unix:/path or local:/path")
 	fs.String("dns", "", "comma-separated resolvers, ADDRESS or ADDRESS:PORT (port 53 if none; default: /etc/resolv.conf)")
