@@ -2,19 +2,15 @@ package milter
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/dmarc-milter/dmarc-milter/auth/dnsres"
-	"github.com/dmarc-milter/dmarc-milter/internal/dnstest"
 	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
 	"github.com/dmarc-milter/dmarc-milter/policy"
 )
@@ -37,37 +33,11 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// startLoggedMilter is startMilter with the server's logger given.
+// startLoggedMilter starts the milter on the shared test zone with the
+// server's logger given.
 func startLoggedMilter(t *testing.T, cfg Config, logger *slog.Logger) string {
 	t.Helper()
-	dsrv, err := dnstest.Start(loadZone(t, "milter.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dsrv.Close() })
-	res, err := dnsres.New(dnsres.Config{Servers: []string{dsrv.Addr()}, Timeout: 500 * time.Millisecond, Attempts: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := NewServer(cfg, Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, policy.Options{}), Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		<-done
-	})
-	return ln.Addr().String()
+	return startMilterLogged(t, cfg, loadZone(t, "milter.json"), policy.Options{}, logger).addr
 }
 
 // parseLogfmt reads one line of slog's text handler: key=value pairs,

@@ -37,6 +37,12 @@ func testLogger(t testing.TB) *slog.Logger {
 
 func startMilter(t testing.TB, cfg Config, zone *dnstest.Zone, opts policy.Options) *testMilter {
 	t.Helper()
+	return startMilterLogged(t, cfg, zone, opts, testLogger(t))
+}
+
+// startMilterLogged is startMilter with the server's logger given.
+func startMilterLogged(t testing.TB, cfg Config, zone *dnstest.Zone, opts policy.Options, logger *slog.Logger) *testMilter {
+	t.Helper()
 	dsrv, err := dnstest.Start(zone)
 	if err != nil {
 		t.Fatal(err)
@@ -46,7 +52,7 @@ func startMilter(t testing.TB, cfg Config, zone *dnstest.Zone, opts policy.Optio
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := NewServer(cfg, Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, opts), Logger: testLogger(t)})
+	srv, err := NewServer(cfg, Deps{Resolver: res, Evaluator: policy.NewEvaluator(res, opts), Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

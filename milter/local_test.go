@@ -102,12 +102,7 @@ func TestLocalPolicy(t *testing.T) {
 				}
 				return
 			}
-			var ours []string
-			for _, v := range arValues(o.Header) {
-				if strings.HasPrefix(strings.TrimSpace(v), "lab.test;") {
-					ours = append(ours, v)
-				}
-			}
+			ours := ourARs(o.Header)
 			switch {
 			case tt.arContains == "-":
 				if len(ours) != 0 {
@@ -159,12 +154,7 @@ func TestRecipientModesSplit(t *testing.T) {
 			if o.SMTP != "accept" {
 				return
 			}
-			var ours []string
-			for _, v := range arValues(o.Header) {
-				if strings.HasPrefix(strings.TrimSpace(v), "lab.test;") {
-					ours = append(ours, v)
-				}
-			}
+			ours := ourARs(o.Header)
 			// The forged field with our id is gone even when DMARC is off.
 			switch {
 			case tt.ar == "" && len(ours) != 0:
@@ -174,4 +164,16 @@ func TestRecipientModesSplit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// ourARs returns the delivered Authentication-Results values with our
+// authserv-id.
+func ourARs(h []testcase.Field) []string {
+	var ours []string
+	for _, v := range arValues(h) {
+		if strings.HasPrefix(strings.TrimSpace(v), "lab.test;") {
+			ours = append(ours, v)
+		}
+	}
+	return ours
 }

@@ -17,11 +17,7 @@ import (
 func TestShutdownDrainsMessagesNotConnections(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.AuthServID = "lab.test"
-	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
-	spoof, sbody, err := testcase.SplitMessage(readMessage(t, "spoof"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tm, spoof, sbody := spoofMilter(t, cfg)
 
 	idle := dialMilter(t, tm.addr)
 	if _, err := idle.connect("idle.example", "198.51.100.2", "idle.example"); err != nil {
@@ -97,11 +93,7 @@ func TestShutdownDrainsMessagesNotConnections(t *testing.T) {
 func TestReloadAppliesPerMessage(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.AuthServID = "lab.test"
-	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
-	spoof, sbody, err := testcase.SplitMessage(readMessage(t, "spoof"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tm, spoof, sbody := spoofMilter(t, cfg)
 	c := dialMilter(t, tm.addr)
 	if _, err := c.connect("client.example", "198.51.100.4", "client.example"); err != nil {
 		t.Fatal(err)
@@ -126,11 +118,7 @@ func TestMetricsShowWhatMonitorHeldBack(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.AuthServID = "lab.test"
 	cfg.Mode = "monitor"
-	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
-	spoof, sbody, err := testcase.SplitMessage(readMessage(t, "spoof"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tm, spoof, sbody := spoofMilter(t, cfg)
 	c := dialMilter(t, tm.addr)
 	if _, err := c.connect("client.example", "198.51.100.5", "client.example"); err != nil {
 		t.Fatal(err)
@@ -142,4 +130,16 @@ func TestMetricsShowWhatMonitorHeldBack(t *testing.T) {
 	if len(got) != 1 || got[[3]string{"fail", "reject", "accept"}] != 1 {
 		t.Fatalf("decisions %v, want fail/reject/accept once", got)
 	}
+}
+
+// spoofMilter starts the milter on the shared zone and reads the spoof of
+// the p=reject domain aligned.example.
+func spoofMilter(t *testing.T, cfg Config) (*testMilter, []testcase.Field, []byte) {
+	t.Helper()
+	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
+	spoof, sbody, err := testcase.SplitMessage(readMessage(t, "spoof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tm, spoof, sbody
 }
