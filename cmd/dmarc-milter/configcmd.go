@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -106,12 +107,57 @@ func checkSettings(path string, stderr io.Writer) (Settings, error) {
 			fmt.Fprintf(stderr, "warning: dns is empty and /etc/resolv.conf is unusable on this host (%v): serve would not start here\n", err)
 		}
 	}
-	if network, _, _ := parseListen(st.Listen); network == "unix" && st.SocketGroup != "" {
-		if _, err := user.LookupGroup(st.SocketGroup); err != nil {
-			fmt.Fprintf(stderr, "warning: socket_group %q: %v: serve would not start on this host\n", st.SocketGroup, err)
+	if network, addr, _ := parseListen(st.Listen); network == "unix" {
+		if st.SocketGroup != "" {
+			if _, err := user.LookupGroup(st.SocketGroup); err != nil {
+				fmt.Fprintf(stderr, "warning: socket_group %q: %v: serve would not start on this host\n", st.SocketGroup, err)
+			}
+		}
+		// systemd creates the unit's RuntimeDirectory at each start and
+		// removes it at stop, so its absence says nothing.
+		if dir := filepath.Dir(addr); dir != runtimeDir {
+			if _, err := os.Stat(dir); err != nil {
+				fmt.Fprintf(stderr, "warning: listen: the socket's directory %s does not exist on this host: serve would fail to bind; the package provides %s (inside Postfix's chroot) and %s\n", dir, chrootSocketDir, runtimeDir)
+			}
+		}
+	}
+	if shortAuthservID(st.Milter.AuthServID) {
+		fmt.Fprintf(stderr, "warning: authserv_id %q has no dot: %s\n", st.Milter.AuthServID, authservIDHint)
+	}
+	if st.LogOutput == "syslog" && syslogNetwork == "" && !localSyslog() {
+		fmt.Fprintf(stderr, "warning: log_output = \"syslog\", but this host has no local syslog socket (%s): serve would not start here; %s\n", strings.Join(syslogPaths, ", "), syslogRemedy)
+	}
+	if path != "" {
+		if w := emptyFileWarning(path); w != "" {
+			fmt.Fprintf(stderr, "warning: %s\n", w)
 		}
 	}
 	return st, nil
+}
+
+// The package's socket directories (deploy/systemd/dmarc-milter.service,
+// deploy/nfpm.yaml).
+const (
+	runtimeDir      = "/run/dmarc-milter"
+	chrootSocketDir = "/var/spool/postfix/dmarc-milter"
+)
+
+// emptyFileWarning says when the file sets no key: it then validates as
+// the defaults, which is what `from-opendmarc ... > FILE` leaves behind
+// when the conversion fails.
+func emptyFileWarning(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return path + " is empty: every setting is the default (a failed `config from-opendmarc ... > FILE` leaves it so)"
+	}
+	var m map[string]any
+	if _, err := toml.Decode(string(data), &m); err == nil && len(m) == 0 {
+		return path + " sets no key: every setting is the default"
+	}
+	return ""
 }
 
 // errKey finds the key an error names: loader and validation messages start

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -41,7 +43,14 @@ func hostLine(b []byte) []byte {
 	return bytes.ReplaceAll(b, []byte(fmt.Sprintf("authserv_id = %q\n", h)), []byte("authserv_id = \"<hostname>\"\n"))
 }
 
-var resolvWarning = regexp.MustCompile(`(?m)^warning: dns is empty and /etc/resolv.conf is unusable.*\n`)
+// hostWarnings are the warnings of config check about this host rather
+// than the file (TestConfigCheckHostWarnings covers them): its
+// resolv.conf, socket directories, syslog socket, and host name as the
+// default authserv-id.
+func hostWarnings() *regexp.Regexp {
+	h, _ := os.Hostname()
+	return regexp.MustCompile(`(?m)^warning: (dns is empty and /etc/resolv.conf is unusable|listen: the socket's directory|log_output = "syslog", but|authserv_id ` + regexp.QuoteMeta(strconv.Quote(h)) + ` has no dot).*\n`)
+}
 
 func runConfig(args ...string) (rc int, stdout, stderr []byte) {
 	var out, errb bytes.Buffer
@@ -75,7 +84,7 @@ func TestConfigCheckGolden(t *testing.T) {
 			}
 			// Whether this host's resolv.conf is usable is not the file's
 			// business.
-			errb = resolvWarning.ReplaceAll(errb, nil)
+			errb = hostWarnings().ReplaceAll(errb, nil)
 			got := fmt.Appendf(nil, "rc %d\n--- stdout\n%s--- stderr\n%s", rc, hostLine(out), errb)
 			goldenCompare(t, filepath.Join("testdata", "config", name+".golden"), got)
 		})
@@ -235,5 +244,64 @@ func TestConfigUsage(t *testing.T) {
 	}
 	if rc, _, errb := runConfig("check", "/nonexistent/dmarc-milter.toml"); rc != 1 || !bytes.Contains(errb, []byte("/nonexistent/dmarc-milter.toml")) {
 		t.Errorf("missing file: %d %s", rc, errb)
+	}
+}
+
+// TestConfigCheckHostWarnings: config check warns, and still succeeds,
+// about what would stop serve on this host although the file is valid: a
+// unix socket in a directory that does not exist (OpenDMARC's, after a
+// conversion), syslog without a local syslog socket, an authserv-id
+// without a dot, and an empty file (a failed conversion redirected to it).
+func TestConfigCheckHostWarnings(t *testing.T) {
+	dir := t.TempDir()
+	syslogPaths = []string{filepath.Join(dir, "no-log")}
+	t.Cleanup(func() { syslogPaths = []string{"/dev/log", "/var/run/syslog", "/var/run/log"} })
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		file string
+		want []string // warnings, in order
+	}{
+		{write("opendmarc-socket.toml", "listen = \"local:"+dir+"/opendmarc/opendmarc.sock\"\nauthserv_id = \"mx.example.com\"\n"),
+			[]string{"warning: listen: the socket's directory " + dir + "/opendmarc does not exist on this host: serve would fail to bind"}},
+		{write("socket-ok.toml", "listen = \"unix:"+dir+"/dmarc-milter.sock\"\nauthserv_id = \"mx.example.com\"\n"), nil},
+		{write("package-runtime.toml", "listen = \"unix:/run/dmarc-milter/dmarc-milter.sock\"\nauthserv_id = \"mx.example.com\"\n"), nil},
+		{write("syslog.toml", "log_output = \"syslog\"\nauthserv_id = \"mx.example.com\"\n"),
+			[]string{`warning: log_output = "syslog", but this host has no local syslog socket (` + dir + `/no-log): serve would not start here; start a syslog daemon`}},
+		{write("short-id.toml", "authserv_id = \"vm\"\n"),
+			[]string{`warning: authserv_id "vm" has no dot: set it to this MX's fully qualified name`}},
+		{write("empty.toml", ""), []string{"warning: " + dir + "/empty.toml is empty: every setting is the default"}},
+		{write("comments.toml", "# nothing yet\n"), []string{"warning: " + dir + "/comments.toml sets no key"}},
+	}
+	for _, tt := range tests {
+		rc, out, errb := runConfig("check", tt.file)
+		if rc != 0 || len(out) == 0 {
+			t.Errorf("%s: rc %d, %d bytes out: %s", tt.file, rc, len(out), errb)
+			continue
+		}
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(string(errb)), "\n") {
+			if l != "" && !strings.HasPrefix(l, "warning: dns is empty") {
+				got = append(got, l)
+			}
+		}
+		if filepath.Base(tt.file) == "empty.toml" || filepath.Base(tt.file) == "comments.toml" {
+			// The default authserv-id is the host name.
+			got = slices.DeleteFunc(got, func(l string) bool { return strings.HasPrefix(l, "warning: authserv_id") })
+		}
+		if len(got) != len(tt.want) {
+			t.Errorf("%s: warnings\n%s\nwant %q", tt.file, strings.Join(got, "\n"), tt.want)
+			continue
+		}
+		for i, w := range tt.want {
+			if !strings.HasPrefix(got[i], w) {
+				t.Errorf("%s: warning %q, want it to start %q", tt.file, got[i], w)
+			}
+		}
 	}
 }

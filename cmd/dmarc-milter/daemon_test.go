@@ -452,3 +452,26 @@ func TestRestartSettingsComplete(t *testing.T) {
 		}
 	}
 }
+
+// TestStartWarnsShortAuthservID: an authserv-id without a dot (a short
+// host name, the default on many machines) is logged as a warning at start.
+func TestStartWarnsShortAuthservID(t *testing.T) {
+	cfgPath := filepath.Join(t.TempDir(), "dmarc-milter.toml")
+	for _, tt := range []struct {
+		id   string
+		warn bool
+	}{{"vm", true}, {"mx.example.com", false}} {
+		if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf("dns = [\"127.0.0.1:1\"]\nauthserv_id = %q\n", tt.id)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d := startDaemon(t, cfgPath)
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(d.stderr.String(), "dmarc-milter started") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		log := d.stderr.String()
+		if got := strings.Contains(log, `level=WARN msg="authserv_id has no dot: set it to this MX's fully qualified name`) && strings.Contains(log, "authserv_id="+tt.id+"\n"); got != tt.warn {
+			t.Errorf("authserv_id %q: warned %v, want %v:\n%s", tt.id, got, tt.warn, log)
+		}
+	}
+}

@@ -70,3 +70,17 @@ func TestSyslogSeverity(t *testing.T) {
 		})
 	}
 }
+
+// TestSyslogUnavailable: without a syslog socket the daemon cannot start,
+// and the error says what to do instead of only log/syslog's "Unix syslog
+// delivery error".
+func TestSyslogUnavailable(t *testing.T) {
+	syslogNetwork, syslogAddr = "unixgram", filepath.Join(t.TempDir(), "no-log")
+	t.Cleanup(func() { syslogNetwork, syslogAddr = "", "" })
+	st := defaultSettings()
+	st.LogOutput = "syslog"
+	_, err := newLogger(st, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `set log_output = "stderr"`) || !strings.Contains(err.Error(), "/dev/log") {
+		t.Errorf("err %v", err)
+	}
+}

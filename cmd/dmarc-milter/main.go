@@ -290,6 +290,29 @@ func spellError(err error, fs *flag.FlagSet, config string) error {
 // their own.
 var syslogNetwork, syslogAddr string
 
+// syslogPaths are the sockets log/syslog tries for the local syslog, in
+// its order; config check looks for them.
+var syslogPaths = []string{"/dev/log", "/var/run/syslog", "/var/run/log"}
+
+const syslogRemedy = `start a syslog daemon (rsyslog) or systemd-journald, which provide /dev/log, or set log_output = "stderr" (under systemd, stderr goes to the journal)`
+
+func localSyslog() bool {
+	for _, p := range syslogPaths {
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// shortAuthservID says when the authserv-id is not a domain name with a
+// dot: a short host name ("vm", the default on many machines) is unlikely
+// to be what downstream filters trust, and OpenDMARC used Postfix's $j
+// ($myhostname), fully qualified.
+func shortAuthservID(id string) bool { return !strings.Contains(id, ".") }
+
+const authservIDHint = "set it to this MX's fully qualified name as downstream filters (Sieve, SpamAssassin, Dovecot) know it, usually Postfix's $myhostname, which OpenDMARC used"
+
 func newLogger(st Settings, w io.Writer) (*slog.Logger, error) {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(st.LogLevel))
@@ -305,7 +328,8 @@ func newLogger(st Settings, w io.Writer) (*slog.Logger, error) {
 		// sent at its own severity below.
 		sw, err := syslog.Dial(syslogNetwork, syslogAddr, syslog.LOG_MAIL|syslog.LOG_INFO, "dmarc-milter")
 		if err != nil {
-			return nil, fmt.Errorf("log_output syslog: %w", err)
+			// log/syslog says only "Unix syslog delivery error".
+			return nil, fmt.Errorf("log_output = \"syslog\": no local syslog accepts messages (%w): %s", err, syslogRemedy)
 		}
 		// syslog stamps the time itself.
 		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
@@ -459,6 +483,9 @@ func serve(args []string, stderr io.Writer) int {
 	slog.SetDefault(logger)
 	// go-milter logs through the standard log package (LIBRARIES.md).
 	log.SetFlags(0)
+	if shortAuthservID(st.Milter.AuthServID) {
+		logger.Warn("authserv_id has no dot: "+authservIDHint, "authserv_id", st.Milter.AuthServID)
+	}
 
 	deps, res, err := buildDeps(st, logger)
 	if err != nil {
