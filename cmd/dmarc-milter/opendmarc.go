@@ -303,15 +303,16 @@ func (c *conversion) convertKey(k odKey, get func(string) (odKey, bool), baseDir
 			c.fail(k, "%v", err)
 			return
 		}
-		c.set("listen", tomlString(k.value), from)
 		kind, rest, _ := strings.Cut(k.value, ":")
 		switch {
 		case kind == "local" || kind == "unix":
-			c.note(k, "-> listen = %s (same socket, so the MTA's milter setting need not change; the directory must exist and be writable by our user)", tomlString(k.value))
+			c.unixSocket(k, rest, from)
 		case !strings.Contains(rest, "@") && !strings.Contains(rest, ":"):
-			c.note(k, "-> listen = %s; NOTE: OpenDMARC listened on all interfaces for a port without host, we listen on 127.0.0.1 (write inet:%s@0.0.0.0 for all)", tomlString(k.value), rest)
+			c.set("listen", tomlString(k.value), from)
+			c.note(k, "-> listen = %s; NOTE: OpenDMARC listened on all interfaces for a port without host, we listen on 127.0.0.1 (write inet:%s@0.0.0.0 for all); %s", tomlString(k.value), rest, samePortNote)
 		default:
-			c.note(k, "-> listen = %s (OpenDMARC's spelling is accepted as is)", tomlString(k.value))
+			c.set("listen", tomlString(k.value), from)
+			c.note(k, "-> listen = %s (OpenDMARC's spelling is accepted as is); %s", tomlString(k.value), samePortNote)
 		}
 
 	case "UMask":
@@ -327,18 +328,29 @@ func (c *conversion) convertKey(k odKey, get func(string) (odKey, bool), baseDir
 		}
 		// A socket needs write permission to connect; execute bits mean
 		// nothing on it.
-		mode := fmt.Sprintf("%04o", 0o666&^mask)
-		c.set("socket_mode", tomlString(mode), from)
-		c.note(k, "-> socket_mode = %q (the socket's mode under that umask)", mode)
-
-	case "UserID":
-		user, group, hasGroup := strings.Cut(k.value, ":")
-		if hasGroup && group != "" {
-			c.set("socket_group", tomlString(group), from)
-			c.note(k, "-> socket_group = %s; the user %q is not converted: we run as the user of our systemd unit", tomlString(group), user)
+		mode := 0o666 &^ mask
+		if mode&0o020 == 0 {
+			// Postfix connects through socket_group "postfix".
+			c.note(k, "not converted: under it the socket would be %04o, which group postfix could not connect to; socket_mode stays \"0660\"", mode)
 			return
 		}
-		c.note(k, "not converted: we run as the user of our systemd unit, not %q; set socket_group (e.g. \"postfix\") so that the MTA can use a unix socket", user)
+		c.set("socket_mode", tomlString(fmt.Sprintf("%04o", mode)), from)
+		c.note(k, "-> socket_mode = \"%04o\" (the socket's mode under that umask)", mode)
+
+	case "UserID":
+		user, group, _ := strings.Cut(k.value, ":")
+		var why string
+		s, _ := get("Socket")
+		switch kind, _, _ := strings.Cut(s.value, ":"); {
+		case kind == "local" || kind == "unix":
+			why = `; the socket's group is socket_group = "postfix" (see Socket)`
+			if group != "" && group != "postfix" {
+				why += fmt.Sprintf(", not %q: our user belongs to group postfix only", group)
+			}
+		default:
+			why = "; an inet socket needs no group"
+		}
+		c.note(k, "not converted: we run as the user of our systemd unit (dmarc-milter), not %q%s", user, why)
 
 	case "RejectFailures":
 		b, ok := boolean()
@@ -487,6 +499,33 @@ func (c *conversion) convertKey(k odKey, get func(string) (odKey, bool), baseDir
 	default:
 		c.note(k, "not converted: not an OpenDMARC 1.4 key (OpenDMARC would refuse to start: \"unrecognized parameter\")")
 	}
+}
+
+// samePortNote goes with an inet socket kept as is: OpenDMARC's usual
+// port is our default one too.
+const samePortNote = "smtpd_milters need not change, but stop OpenDMARC before dmarc-milter starts: only one of them can listen there (deploy/OPERATIONS.md, Switching from OpenDMARC)"
+
+// unixSocket converts a unix Socket. OpenDMARC's directory is not ours:
+// the unit may create sockets only in the package's two directories, and
+// Postfix connects through group postfix, not opendmarc. So the socket
+// moves to the package's path in the same layout (inside Postfix's chroot
+// or under /run), and the report says what smtpd_milters becomes.
+func (c *conversion) unixSocket(k odKey, path, from string) {
+	var listen, milter, entry string
+	if rel, ok := strings.CutPrefix(path, "/var/spool/postfix/"); ok {
+		listen = "unix:" + chrootSocketDir + "/dmarc-milter.sock"
+		entry = "unix:/dmarc-milter/dmarc-milter.sock"
+		// A chrooted smtpd names the socket relative to the chroot.
+		milter = fmt.Sprintf("in main.cf, replace OpenDMARC's entry in smtpd_milters (unix:/%s, or local:%s) with unix:/dmarc-milter/dmarc-milter.sock (unix:%s/dmarc-milter.sock if smtpd is not chrooted)", rel, rel, chrootSocketDir)
+	} else {
+		listen = "unix:" + runtimeDir + "/dmarc-milter.sock"
+		entry = listen
+		milter = fmt.Sprintf("in main.cf, replace OpenDMARC's entry in smtpd_milters (unix:%s, or local:%s) with unix:%s/dmarc-milter.sock; a chrooted smtpd (Debian's default) cannot reach /run: use listen = \"unix:%s/dmarc-milter.sock\" and smtpd_milters = unix:/dmarc-milter/dmarc-milter.sock instead", path, path, runtimeDir, chrootSocketDir)
+	}
+	from += "; the package's socket in the same layout: smtpd_milters = " + entry
+	c.set("listen", tomlString(listen), from)
+	c.set("socket_group", `"postfix"`, from)
+	c.note(k, `-> listen = %s, socket_group = "postfix": the package's socket in the same layout (the unit can create sockets only in %s and %s, and Postfix connects through group postfix); %s`, tomlString(listen), chrootSocketDir, runtimeDir, milter)
 }
 
 // unsetDefaults writes the keys whose OpenDMARC default differs from ours,

@@ -61,7 +61,9 @@ func TestFromOpenDMARCGolden(t *testing.T) {
 			case "debian12":
 				// Debian's file sets no RejectFailures: OpenDMARC never
 				// rejected, and neither may we after the switch.
-				if mc.Mode != "monitor" || st.Listen != "local:/run/opendmarc/opendmarc.sock" || st.SocketMode != 0o664 ||
+				// OpenDMARC's socket directory is not ours, and Postfix
+				// connects through group postfix, not opendmarc.
+				if mc.Mode != "monitor" || st.Listen != "unix:/run/dmarc-milter/dmarc-milter.sock" || st.SocketGroup != "postfix" || st.SocketMode != 0o664 ||
 					st.LogOutput != "syslog" || st.Spec != "rfc7489" || mc.SkipAuthenticated || mc.OnMalformedFrom != "accept" ||
 					!slices.Equal(mc.TrustedNetworks, []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}) {
 					t.Errorf("debian12 converted to %+v", st)
@@ -88,7 +90,7 @@ func TestFromOpenDMARCGolden(t *testing.T) {
 					}
 				}
 				if _, ok := mc.Local.AllowFrom.Match("partner.example"); !ok || mc.Mode != "enforce" || mc.AuthServID != "mx1.hosting.example" ||
-					st.SocketGroup != "postfix" || st.DNSTimeout.Seconds() != 5 || mc.OnMalformedFrom != "reject" || mc.Quarantine != "tag" {
+					st.SocketGroup != "" || st.DNSTimeout.Seconds() != 5 || mc.OnMalformedFrom != "reject" || mc.Quarantine != "tag" {
 					t.Errorf("site converted to %+v", st)
 				}
 				if len(mc.TrustedARC) != 0 {
@@ -147,7 +149,7 @@ func TestFromOpenDMARCEveryKey(t *testing.T) {
 		t.Errorf("%d report lines for %d keys (every key set, so no defaults to report):\n%s", len(report), len(openDMARCKeys)+1, strings.Join(report, "\n"))
 	}
 	st, _ := loadConverted(t, out)
-	if st.SocketMode != 0o660 || st.Listen != "local:/run/x.sock" || st.Milter.Quarantine != "hold" || !st.Milter.RejectMultiDomainFrom {
+	if st.SocketMode != 0o660 || st.Listen != "unix:/run/dmarc-milter/dmarc-milter.sock" || st.SocketGroup != "postfix" || st.Milter.Quarantine != "hold" || !st.Milter.RejectMultiDomainFrom {
 		t.Errorf("converted to %+v", st)
 	}
 }
@@ -407,5 +409,48 @@ func TestIgnoreHostsExclusions(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFromOpenDMARCSocket: a unix socket moves to the package's socket
+// directory of the same layout, given to group postfix, and the report says
+// what smtpd_milters becomes; an inet socket is kept, with a word on the
+// shared port; a UMask under which group postfix could not connect does
+// not become socket_mode.
+func TestFromOpenDMARCSocket(t *testing.T) {
+	tests := []struct {
+		conf, listen, group string
+		mode                os.FileMode
+		report              []string
+	}{
+		{"Socket local:/var/spool/postfix/opendmarc/opendmarc.sock\nUserID opendmarc:opendmarc\nUMask 007\n",
+			"unix:/var/spool/postfix/dmarc-milter/dmarc-milter.sock", "postfix", 0o660,
+			[]string{"replace OpenDMARC's entry in smtpd_milters (unix:/opendmarc/opendmarc.sock, or local:opendmarc/opendmarc.sock) with unix:/dmarc-milter/dmarc-milter.sock",
+				`UserID: not converted: we run as the user of our systemd unit (dmarc-milter), not "opendmarc"; the socket's group is socket_group = "postfix" (see Socket), not "opendmarc"`}},
+		{"Socket unix:/var/run/opendmarc/opendmarc.sock\nUMask 0022\n",
+			"unix:/run/dmarc-milter/dmarc-milter.sock", "postfix", 0o660,
+			[]string{"with unix:/run/dmarc-milter/dmarc-milter.sock; a chrooted smtpd", "UMask: not converted: under it the socket would be 0644, which group postfix could not connect to"}},
+		{"Socket inet:8893@localhost\nUserID opendmarc:opendmarc\n", "inet:8893@localhost", "", 0o660,
+			[]string{"stop OpenDMARC before dmarc-milter starts", "an inet socket needs no group"}},
+	}
+	for _, tt := range tests {
+		p := filepath.Join(t.TempDir(), "opendmarc.conf")
+		if err := os.WriteFile(p, []byte(tt.conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, report, err := convertOpenDMARC(p)
+		if err != nil {
+			t.Fatalf("%q: %v\n%s", tt.conf, err, strings.Join(report, "\n"))
+		}
+		rep := strings.Join(report, "\n")
+		for _, w := range tt.report {
+			if !strings.Contains(rep, w) {
+				t.Errorf("%q: report lacks %q:\n%s", tt.conf, w, rep)
+			}
+		}
+		st, _ := loadConverted(t, out)
+		if st.Listen != tt.listen || st.SocketGroup != tt.group || st.SocketMode != tt.mode {
+			t.Errorf("%q: listen %q, socket_group %q, socket_mode %o", tt.conf, st.Listen, st.SocketGroup, st.SocketMode)
+		}
 	}
 }
