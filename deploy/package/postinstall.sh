@@ -51,8 +51,11 @@ if command -v systemctl >/dev/null; then
 	case "$pkg/$action" in
 	deb/install)
 		# Debian starts what it installs. Nothing reaches the daemon until
-		# the MTA is told about it (deploy/OPERATIONS.md), so this is safe;
-		# a later `systemctl disable` survives upgrades.
+		# the MTA is told about it, except where the MTA already uses
+		# 127.0.0.1:8893, OpenDMARC's usual port: OpenDMARC then still
+		# holds it, the daemon cannot bind and systemd keeps retrying, so
+		# the switch in deploy/OPERATIONS.md stops the daemon before
+		# OpenDMARC. A later `systemctl disable` survives upgrades.
 		systemctl enable "$unit" >/dev/null 2>&1 || true
 		if [ -d /run/systemd/system ]; then
 			systemctl start "$unit" ||
