@@ -124,6 +124,8 @@ trusted_arc_authserv_ids = ["lab.test"]`, "-authserv-id=lab.test", "c.toml:2: lo
 		{`socket_mode = "rw"`, "", "socket_mode"},
 		{`this is not toml`, "", "c.toml"},
 		{"", "-on-temperror=reject", "on-temperror"},
+		{"", "-trusted-networks=10.0.0.0/33", "trusted-networks: "},
+		{"", "-socket-mode=rw", "socket-mode: "},
 		{"", "-max-dkim-signatures=0", "max-dkim-signatures"},
 	}
 	for _, b := range bad {

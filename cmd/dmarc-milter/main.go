@@ -244,6 +244,10 @@ func settingsFrom(fs *flag.FlagSet, config string) (Settings, error) {
 		return Settings{}, ferr
 	}
 	if err := fc.apply(&st); err != nil {
+		// These values came from flags: name them as flags.
+		if m := validationKey.FindStringSubmatch(err.Error()); m != nil {
+			return Settings{}, fmt.Errorf("%s: %s", strings.ReplaceAll(m[1], "_", "-"), err.Error()[len(m[0]):])
+		}
 		return Settings{}, err
 	}
 	if err := st.validate(); err != nil {
