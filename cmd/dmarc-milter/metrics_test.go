@@ -118,7 +118,7 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	one := f.scrape(t)
 	want := map[string]float64{
-		`dmarc_milter_messages_total{dmarc="fail",disposition="reject",action="reject"}`:        1,
+		`dmarc_milter_messages_total{dmarc="fail",disposition="reject",action="reject"}`: 1,
 		"dmarc_milter_sessions_total":                                      1,
 		"dmarc_milter_decision_seconds_count":                              1,
 		`dmarc_milter_decision_seconds_bucket{le="+Inf"}`:                  1,
