@@ -7,8 +7,9 @@ import (
 	"testing"
 )
 
-// casesDir finds the published cases: $DMARC_CASES_DIR, else /work/shared
-// beside the clone. Tests that need them skip, loudly, when neither exists.
+// casesDir finds the published cases: $DMARC_CASES_DIR, else shared/cases
+// beside the clone. Tests that need them skip, loudly, when neither exists
+// (and fail under CI).
 func casesDir(t testing.TB) string {
 	t.Helper()
 	dir := os.Getenv("DMARC_CASES_DIR")
@@ -16,6 +17,10 @@ func casesDir(t testing.TB) string {
 		dir = filepath.Join("..", "..", "..", "shared", "cases")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "cases")); err != nil {
+		if os.Getenv("CI") != "" {
+			// CI puts shared/ beside the clone: missing there is a fault.
+			t.Fatalf("acceptance cases not found at %s (set DMARC_CASES_DIR): %v", dir, err)
+		}
 		t.Skipf("acceptance cases not found at %s (set DMARC_CASES_DIR): %v", dir, err)
 	}
 	return dir
