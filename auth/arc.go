@@ -6,8 +6,10 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding"
 	"errors"
 	"fmt"
+	"hash"
 	"strconv"
 	"strings"
 
@@ -63,8 +65,16 @@ type arcCheck struct {
 	sets   []arcSet // index i-1 for instance i
 	ams    *lengthSig
 	seals  []*lengthSig // seal key holders, index i-1
+	lookup func(string) ([]string, error)
 	done   bool
 }
+
+// maxARCPrefetch is how many distinct keys are looked up at the end of
+// the header, before anything is verified: text that merely has the
+// shape of a chain costs no more DNS than DKIM's bound. The keys of older
+// seals are fetched once the later ones have verified, that is for
+// chains a real sealer made.
+const maxARCPrefetch = 4
 
 // arcKind tells which ARC field a header name is, or 0.
 func arcKind(name string) byte {
@@ -115,7 +125,7 @@ func arcFail(reason string) ARCResult { return ARCResult{Result: ARCFail, Reason
 // When the structure holds, it prepares the latest ARC-Message-Signature
 // and every ARC-Seal for verification and starts their key lookups.
 func newARCCheck(ctx context.Context, fields []arcField, kinds []byte, lookup func(string) ([]string, error)) *arcCheck {
-	c := &arcCheck{}
+	c := &arcCheck{lookup: lookup}
 	if len(fields) > 3*MaxARCSets {
 		c.result = arcFail("more ARC fields than 50 sets")
 		return c
@@ -175,16 +185,20 @@ func newARCCheck(ctx context.Context, fields []arcField, kinds []byte, lookup fu
 	c.ams.keyDone = make(chan struct{})
 	byKey := map[string]*lengthSig{keyName(c.ams): c.ams}
 	go c.ams.fetchKey(ctx, lookup)
-	for _, s := range c.seals {
+	// From the latest seal down, the order finish verifies them in: a
+	// seal sharing a key points at one verified before it.
+	for i := n - 1; i >= 0; i-- {
+		s := c.seals[i]
 		k := keyName(s)
 		if first, ok := byKey[k]; ok {
-			s.keyDone = first.keyDone
 			s.keyOf = first
 			continue
 		}
 		byKey[k] = s
-		s.keyDone = make(chan struct{})
-		go s.fetchKey(ctx, lookup)
+		if len(byKey) <= maxARCPrefetch {
+			s.keyDone = make(chan struct{})
+			go s.fetchKey(ctx, lookup)
+		}
 	}
 	return c
 }
@@ -228,7 +242,8 @@ func newSealSig(f *arcField, i, n int) (*lengthSig, error) {
 	}
 	for _, tg := range tags {
 		if tg.name == "b" {
-			s.sigField = "ARC-Seal:" + f.value[:tg.vStart] + f.value[tg.vEnd:]
+			a, b := bValueSpan(f.value, tg)
+			s.sigField = "ARC-Seal:" + f.value[:a] + f.value[b:]
 		}
 	}
 	return s, nil
@@ -266,13 +281,23 @@ func (c *arcCheck) finish(ctx context.Context, buf []byte, fields []headerField)
 		c.result = arcFail(fmt.Sprintf("ARC-Message-Signature %d: %s", n, errText(err, res)))
 		return c.result
 	}
+	digests := c.sealDigests(buf, fields)
 	for i := n; i >= 1; i-- {
 		s := c.seals[i-1]
-		if !wait(s) {
+		ks := s
+		if s.keyOf != nil {
+			ks = s.keyOf // verified before s, so its key is in or failed
+		}
+		if ks.keyDone == nil {
+			// Not prefetched: every later seal has verified by now.
+			ks.keyDone = make(chan struct{})
+			ks.fetchKey(ctx, c.lookup)
+		}
+		if !wait(ks) {
 			c.result = arcFail("key lookup unfinished")
 			return c.result
 		}
-		if err := c.verifySeal(s, i, buf, fields); err != nil {
+		if err := verifySeal(ks, s.b, digests[i-1]); err != nil {
 			c.result = arcFail(fmt.Sprintf("ARC-Seal %d: %v", i, err))
 			return c.result
 		}
@@ -291,37 +316,56 @@ func errText(err error, res string) string {
 	return res
 }
 
-// verifySeal checks ARC-Seal i: its signature covers every ARC field of
-// sets 1 to i, set by set in the order AAR, AMS, AS, with relaxed header
-// canonicalization, the seal itself last with b= empty (RFC 8617 §5.1.1).
-func (c *arcCheck) verifySeal(s *lengthSig, i int, buf []byte, fields []headerField) error {
-	key, keyRes, keyErr := s.key, s.keyRes, s.keyErr
-	if s.keyOf != nil {
-		key, keyRes, keyErr = s.keyOf.key, s.keyOf.keyRes, s.keyOf.keyErr
+// sealDigests returns, for each seal i, the hash of what it signs: every
+// ARC field of sets 1 to i, set by set in the order AAR, AMS, AS, with
+// relaxed header canonicalization, the seal itself last with b= empty and
+// no CRLF (RFC 8617 §5.1.1). One running hash, cloned at each seal,
+// keeps the work linear in the chain's size.
+func (c *arcCheck) sealDigests(buf []byte, fields []headerField) [][]byte {
+	canon := func(f *arcField) []byte {
+		hf := fields[f.field]
+		return []byte(canonHeaderField(string(buf[hf.start:hf.end]), true))
 	}
-	if keyRes != "" {
-		return keyErr
+	running := sha256.New()
+	out := make([][]byte, len(c.sets))
+	for j, set := range c.sets {
+		running.Write(canon(set.aar))
+		running.Write(canon(set.ams))
+		snap := cloneHash(running)
+		snap.Write([]byte(strings.TrimSuffix(canonHeaderField(c.seals[j].sigField, true), "\r\n")))
+		out[j] = snap.Sum(nil)
+		running.Write(canon(set.seal))
 	}
-	h := sha256.New()
-	for j := 0; j < i; j++ {
-		set := c.sets[j]
-		for _, f := range []*arcField{set.aar, set.ams, set.seal} {
-			if j == i-1 && f == set.seal {
-				break
-			}
-			hf := fields[f.field]
-			h.Write([]byte(canonHeaderField(string(buf[hf.start:hf.end]), true)))
-		}
+	return out
+}
+
+// cloneHash copies a SHA-256 state (the standard library's implements
+// encoding.BinaryMarshaler for exactly this).
+func cloneHash(h hash.Hash) hash.Hash {
+	st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		panic(err) // sha256 never fails to marshal
 	}
-	h.Write([]byte(strings.TrimSuffix(canonHeaderField(s.sigField, true), "\r\n")))
-	digest := h.Sum(nil)
-	switch k := key.(type) {
+	c := sha256.New()
+	if err := c.(encoding.BinaryUnmarshaler).UnmarshalBinary(st); err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// verifySeal checks a seal's signature sig over digest with the key that
+// ks fetched.
+func verifySeal(ks *lengthSig, sig, digest []byte) error {
+	if ks.keyRes != "" {
+		return ks.keyErr
+	}
+	switch k := ks.key.(type) {
 	case *rsa.PublicKey:
-		if rsa.VerifyPKCS1v15(k, crypto.SHA256, digest, s.b) != nil {
+		if rsa.VerifyPKCS1v15(k, crypto.SHA256, digest, sig) != nil {
 			return errors.New("signature did not verify")
 		}
 	case ed25519.PublicKey:
-		if !ed25519.Verify(k, digest, s.b) {
+		if !ed25519.Verify(k, digest, sig) {
 			return errors.New("signature did not verify")
 		}
 	default:
@@ -332,26 +376,59 @@ func (c *arcCheck) verifySeal(s *lengthSig, i int, buf []byte, fields []headerFi
 
 // ReportsDMARCPass reports whether the latest set's
 // ARC-Authentication-Results, which a passing chain vouches for, say
-// dmarc=pass for the Author Domain dom (the header.from property, RFC
-// 8601 §2.2 resinfo syntax). Only a pass for that very domain counts: a
-// sealed verdict about some other From must not carry over.
+// dmarc=pass for the Author Domain dom (the header.from property; resinfo
+// syntax of RFC 8601 §2.2). Only a clean pass counts: a dmarc result for
+// dom that is not pass, one without header.from, or one we cannot read
+// vetoes it. A sealer may copy Authentication-Results fields it found into
+// its AAR, forged ones included, so one pass beside a fail proves nothing.
+// Results about another domain are left aside.
 func (r ARCResult) ReportsDMARCPass(dom string) bool {
 	if r.Result != ARCPass || dom == "" {
 		return false
 	}
+	pass := false
 	for _, part := range splitResinfo(r.AAR)[1:] {
-		// method "=" result *(ptype "." property "=" value)
 		toks := arTokens(part, 64)
-		if len(toks) < 3 || !strings.EqualFold(toks[0], "dmarc") || toks[1] != "=" || !strings.EqualFold(toks[2], "pass") {
+		if len(toks) == 0 || !strings.EqualFold(toks[0], "dmarc") {
 			continue
 		}
-		for i := 3; i+2 < len(toks); i++ {
-			if strings.EqualFold(toks[i], "header.from") && toks[i+1] == "=" {
-				if d, err := domain.Normalize(toks[i+2]); err == nil && d == dom {
-					return true
-				}
+		res, from, ok := dmarcResinfo(toks)
+		switch {
+		case !ok || from == "":
+			return false
+		case from != dom:
+			continue
+		case res != "pass":
+			return false
+		}
+		pass = true
+	}
+	return pass
+}
+
+// dmarcResinfo reads toks of one resinfo strictly: method [ "/" version ]
+// "=" result, then ptype.property "=" value triples (RFC 8601 §2.2); from
+// is the normalised header.from.
+func dmarcResinfo(toks []string) (result, from string, ok bool) {
+	i := 1
+	if i+1 < len(toks) && toks[i] == "/" {
+		i += 2
+	}
+	if i+1 >= len(toks) || toks[i] != "=" || strings.HasPrefix(toks[i+1], `"`) {
+		return "", "", false
+	}
+	result = strings.ToLower(toks[i+1])
+	for i += 2; i < len(toks); i += 3 {
+		if i+2 >= len(toks) || toks[i+1] != "=" || strings.HasPrefix(toks[i], `"`) || !strings.Contains(toks[i], ".") {
+			return "", "", false
+		}
+		if strings.EqualFold(toks[i], "header.from") {
+			d, err := domain.Normalize(strings.TrimPrefix(toks[i+2], `"`))
+			if err != nil || from != "" {
+				return "", "", false // unusable, or given twice
 			}
+			from = d
 		}
 	}
-	return false
+	return result, from, true
 }

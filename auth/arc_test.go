@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
@@ -217,6 +218,15 @@ func TestARCReportsDMARCPass(t *testing.T) {
 		{" mx.up.example; dmarc=pass", "x.test", false},
 		{" mx.up.example; dmarc=pass (header.from=x.test) header.from=y.test", "x.test", false},
 		{" mx.up.example; dkim=pass header.from=x.test", "x.test", false},
+		// A sealer may have copied a forged field into its AAR.
+		{" mx.up.example; dmarc=fail header.from=x.test; dmarc=pass header.from=x.test", "x.test", false},
+		{" mx.up.example; dmarc=pass header.from=x.test; dmarc=none header.from=x.test", "x.test", false},
+		{" mx.up.example; dmarc=pass header.from=x.test; dmarc=pass", "x.test", false},
+		{` mx.up.example; dmarc=pass "header.from" = x.test`, "x.test", false},
+		{" mx.up.example; dmarc=pass header.from=x.test header.from=y.test", "x.test", false},
+		{" mx.up.example; dmarc=pass header.from x.test", "x.test", false},
+		{` mx.up.example; dmarc=pass header.from="x.test"`, "x.test", true},
+		{" mx.up.example; dmarc=fail header.from=y.test; dmarc=pass policy.dmarc=reject header.from=x.test", "x.test", true},
 	}
 	for _, tt := range tests {
 		r := ARCResult{Result: ARCPass, AAR: tt.aar}
@@ -268,4 +278,52 @@ func fmtFields(fs []testcase.Field) string {
 		b.WriteString("\n" + f.Name + ":" + f.Value)
 	}
 	return b.String()
+}
+
+// TestARCKeyLookupsBounded: a long chain by distinct sealers verifies,
+// each key looked up once; text shaped like such a chain, with no valid
+// seal, costs at most maxARCPrefetch lookups.
+func TestARCKeyLookupsBounded(t *testing.T) {
+	lk := arcLookup(t)
+	var seals []testcase.ARCSealing
+	for i := 0; i < 6; i++ {
+		d := fmt.Sprintf("hop%d.example", i)
+		lk.records["arc._domainkey."+d] = lk.records["arc._domainkey.list.example"]
+		seals = append(seals, testcase.ARCSealing{Domain: d, Selector: "arc", AuthServID: "mx." + d, Results: "arc=pass"})
+	}
+	fs, body := arcMessage(t, seals, "", nil)
+	if r := checkARC(t, fs, body, lk, 1<<20); r.Result != ARCPass || r.Instance != 6 {
+		t.Fatalf("six sealers: %+v", r)
+	}
+	if lk.calls != 6 {
+		t.Errorf("%d lookups for six keys", lk.calls)
+	}
+
+	// The same chain with every signature broken, as a forger would
+	// write it without the keys.
+	for i := range fs {
+		if strings.HasPrefix(fs[i].Name, "ARC-") && fs[i].Name != "ARC-Authentication-Results" {
+			fs[i].Value = strings.Replace(fs[i].Value, "b=", "b=AAAA", 1)
+		}
+	}
+	lk.calls = 0
+	if r := checkARC(t, fs, body, lk, 1<<20); r.Result != ARCFail {
+		t.Fatalf("forged chain: %+v", r)
+	}
+	if lk.calls > maxARCPrefetch {
+		t.Errorf("%d lookups for a chain that verifies nothing, want at most %d", lk.calls, maxARCPrefetch)
+	}
+}
+
+// TestSigFieldDeletesBWithWhitespace: RFC 6376 §3.7 deletes the b= value
+// with all surrounding whitespace, also when b= is not the last tag.
+func TestSigFieldDeletesBWithWhitespace(t *testing.T) {
+	f := &arcField{value: " i=1; a=rsa-sha256; b= AAAA \r\n\t; cv=none; d=x.test; s=s"}
+	s, err := newSealSig(f, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "ARC-Seal: i=1; a=rsa-sha256; b=; cv=none; d=x.test; s=s"; s.sigField != want {
+		t.Fatalf("%q, want %q", s.sigField, want)
+	}
 }

@@ -28,7 +28,9 @@ func splitResinfo(s string) []string {
 }
 
 // arTokens returns the first max tokens, quoted-strings and specials "/"
-// and "=" of one resinfo, without CFWS; "header.from" is one token.
+// and "=" of one resinfo, without CFWS; "header.from" is one token. A
+// quoted-string comes back with a leading '"' before its content, so that
+// a quoted "header.from" is never taken for the property name.
 func arTokens(s string, max int) []string {
 	var toks []string
 	for i := 0; i < len(s) && len(toks) < max; {
@@ -45,7 +47,7 @@ func arTokens(s string, max int) []string {
 			if !ok {
 				return toks
 			}
-			toks = append(toks, v)
+			toks = append(toks, `"`+v)
 			i = end
 		case isTokenChar(c) || c == '.':
 			j := i

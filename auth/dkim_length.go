@@ -187,12 +187,29 @@ func parseSignature(field int, name, value string, arc bool) (*lengthSig, error)
 	// value of b= deleted, everything else unchanged.
 	for _, tg := range tags {
 		if tg.name == "b" {
-			s.sigField = name + ":" + value[:tg.vStart] + value[tg.vEnd:]
+			a, b := bValueSpan(value, tg)
+			s.sigField = name + ":" + value[:a] + value[b:]
 		}
 	}
 	s.sum = &lengthHash{h: sha256.New(), limit: s.limit}
 	s.body = newBodyCanon(bc, s.sum)
 	return s, nil
+}
+
+// bValueSpan is what RFC 6376 §3.7 deletes from the signature field: the
+// b= value "including all surrounding whitespace", from after the "=" to
+// the ";" or the end (as go-msgauth does, so both paths agree). With b=
+// not the last tag, relaxed canonicalization would otherwise hash "b= ;"
+// where the signer hashed "b=;".
+func bValueSpan(value string, tg tagSpec) (int, int) {
+	a, b := tg.vStart, tg.vEnd
+	for a > 0 && isFWS(value[a-1]) {
+		a--
+	}
+	for b < len(value) && isFWS(value[b]) {
+		b++
+	}
+	return a, b
 }
 
 // parseCanon reads c= (RFC 6376 §3.5): header/body, each simple or
