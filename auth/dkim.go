@@ -223,7 +223,7 @@ func crlfValue(s string) string {
 // parseSigTags reads the tag-list of a DKIM-Signature (RFC 6376 §3.2)
 // for the fields of its result and the checks every signature needs.
 func parseSigTags(value string) sigTags {
-	var st sigTags
+	st := sigTags{lib: -1} // choose numbers the verified ones
 	if len(value) > maxSignatureBytes {
 		st.invalid, st.neuter = errors.New("signature field too large"), true
 		return st
@@ -271,42 +271,44 @@ func stripFWS(s string) string {
 }
 
 // PreferDomains names the Author Domains before EndHeaders. When a
-// message has more signatures than the bound, those whose d= is one of
-// them, a parent or a subdomain (the ones that can align for DMARC) are
-// verified first, then the others top to bottom: forwarders and lists add
-// their signatures on top, and a bound by position alone would leave the
-// author's own signature unverified and the message failing DMARC.
+// message has more signatures than the bound, the ones that can align for
+// DMARC are verified first: d= equal to an Author Domain, then a parent or
+// subdomain of one; then the others. Within each rank the bottom-most go
+// first: forwarders and lists add their signatures on top, and a bound by
+// position from the top would leave the author's own signature unverified
+// and the message failing DMARC.
 func (v *DKIMVerifier) PreferDomains(doms []string) { v.prefer = doms }
 
-// related reports d= equal to an Author Domain, or one a subdomain of the
-// other: relaxed alignment without knowing the organizational domain.
-func (v *DKIMVerifier) related(d string) bool {
+// rank orders a signature for choose: 0 d= is an Author Domain, 1 d= is a
+// parent (not a TLD) or subdomain of one, 2 any other usable signature,
+// 3 an unusable one.
+func (v *DKIMVerifier) rank(st *sigTags) int {
+	if st.invalid != nil {
+		return 3
+	}
+	d := st.res.Domain
+	best := 2
 	for _, a := range v.prefer {
-		if d == a || strings.HasSuffix(a, "."+d) || strings.HasSuffix(d, "."+a) {
-			return true
+		switch {
+		case d == a:
+			return 0
+		case strings.Contains(d, ".") && (strings.HasSuffix(a, "."+d) || strings.HasSuffix(d, "."+a)):
+			best = 1
 		}
 	}
-	return false
+	return best
 }
 
 // choose picks the signatures to verify within the bound (RFC 6376 §6.1
 // lets a verifier limit them) and numbers them as the library will see
-// them; it returns whether any was left out.
+// them, in header order; it returns whether any was left out.
 func (v *DKIMVerifier) choose() bool {
 	n := len(v.sigs)
 	chosen := make([]bool, n)
 	k := 0
-	for tier := 0; tier < 3 && k < v.maxSigs; tier++ {
-		for i := range v.sigs {
-			st := &v.sigs[i]
-			t := 2
-			if st.invalid == nil {
-				t = 1
-				if v.related(st.res.Domain) {
-					t = 0
-				}
-			}
-			if !chosen[i] && t == tier && k < v.maxSigs {
+	for r := 0; r < 4 && k < v.maxSigs; r++ {
+		for i := n - 1; i >= 0 && k < v.maxSigs; i-- {
+			if !chosen[i] && v.rank(&v.sigs[i]) == r {
 				chosen[i] = true
 				k++
 			}
@@ -340,6 +342,7 @@ func (v *DKIMVerifier) EndHeaders() {
 	if len(v.sigs) == 0 || v.tooLarge {
 		return
 	}
+	skipped := v.choose()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.closed {
@@ -351,7 +354,7 @@ func (v *DKIMVerifier) EndHeaders() {
 	v.done = make(chan struct{})
 	v.header.WriteString("\r\n")
 	hdr := v.header.Bytes()
-	if v.choose() {
+	if skipped {
 		// The library verifies the first signatures it finds: it must
 		// see only the chosen ones. The others are renamed in its copy of
 		// the header, name for name of the same length, so every offset

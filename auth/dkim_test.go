@@ -200,8 +200,10 @@ func TestDKIMVerifier(t *testing.T) {
 			{"pass", "x.test", "ed", "ed25519-sha256"}, {"permerror", "y.test", "sel", "rsa-sha256"}}},
 		{"good below bad", sign(t, good, "rsa2048-alt", "x.test", "sel", nil), 0, []want{
 			{"fail", "x.test", "sel", "rsa-sha256"}, {"pass", "x.test", "sel", "rsa-sha256"}}},
+		// Past the bound the bottom-most go first (PreferDomains ranks
+		// nothing here): the top one is left unverified.
 		{"more than maxSigs", sign(t, sign(t, good, "ed25519", "x.test", "ed", nil), "rsa2048", "x.test", "sel", nil), 2, []want{
-			{"pass", "x.test", "sel", "rsa-sha256"}, {"pass", "x.test", "ed", "ed25519-sha256"}, {"policy", "x.test", "sel", "rsa-sha256"}}},
+			{"policy", "x.test", "sel", "rsa-sha256"}, {"pass", "x.test", "ed", "ed25519-sha256"}, {"pass", "x.test", "sel", "rsa-sha256"}}},
 	}
 	for _, tc := range tests {
 		for _, chunk := range []int{1 << 16, 7} {
@@ -421,8 +423,9 @@ func TestDKIMHostileHeaders(t *testing.T) {
 	for i := range many {
 		many[i] = field{"DKIM-Signature", " v=1; a=rsa-sha256; d=x.test; s=none; h=from; bh=AA==; b=AA=="}
 	}
+	// Past the bound the bottom-most are verified: the real one is last.
 	r = run(many, 3)
-	if len(r) != 51 || r[50].Result != DKIMPolicy || lk.calls > 10 {
+	if len(r) != 51 || r[0].Result != DKIMPolicy || r[50].Result != DKIMPass || lk.calls > 10 {
 		t.Fatalf("many signatures: %d results, %d lookups", len(r), lk.calls)
 	}
 }
@@ -496,12 +499,21 @@ func TestDKIMBoundPrefersAuthorSignatures(t *testing.T) {
 		}
 		return strings.Join(b, " ")
 	}
-	// Top to bottom: fwd2, fwd1, fwd0, then the author's.
-	if g, want := got(run(nil)), "fwd2.example=pass fwd1.example=pass fwd0.example=policy mail.x.test=policy"; g != want {
+	// Top to bottom: fwd2, fwd1, fwd0, then the author's. Unranked, the
+	// bottom-most (the first signers) go first.
+	if g, want := got(run(nil)), "fwd2.example=policy fwd1.example=policy fwd0.example=pass mail.x.test=pass"; g != want {
 		t.Errorf("without Author Domains: %s, want %s", g, want)
 	}
-	if g, want := got(run([]string{"x.test"})), "fwd2.example=pass fwd1.example=policy fwd0.example=policy mail.x.test=pass"; g != want {
-		t.Errorf("with x.test: %s, want %s", g, want)
+	if g, want := got(run([]string{"fwd1.example"})), "fwd2.example=policy fwd1.example=pass fwd0.example=policy mail.x.test=pass"; g != want {
+		t.Errorf("with fwd1.example: %s, want %s", g, want)
+	}
+	if g, want := got(run([]string{"x.test", "fwd2.example"})), "fwd2.example=pass fwd1.example=policy fwd0.example=policy mail.x.test=pass"; g != want {
+		t.Errorf("with x.test and fwd2.example: %s, want %s", g, want)
+	}
+	// A TLD in d= is no relation to anyone.
+	v := &DKIMVerifier{prefer: []string{"bank.com"}}
+	if r := v.rank(&sigTags{res: DKIMResult{Domain: "com"}}); r != 2 {
+		t.Errorf("d=com ranked %d for bank.com", r)
 	}
 }
 

@@ -63,7 +63,10 @@ type Config struct {
 	MailingListHosts policy.DomainSet
 	// TrustedARC are upstream authserv-ids whose ARC-sealed dmarc=pass
 	// overrides a DMARC failure, when the chain validates and their set is
-	// the latest (trustedARC says why each condition is needed).
+	// the latest (trustedARC says why each condition is needed). Only list
+	// upstreams that remove forged Authentication-Results carrying their
+	// id (RFC 8601 §5) before they seal: some copy such fields into their
+	// ARC-Authentication-Results.
 	TrustedARC []string
 	// RecipientModes maps a recipient domain (and its subdomains) to
 	// "enforce", "monitor" or "off", for shared hosting. One milter reply

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"golang.org/x/net/publicsuffix"
+
 	"github.com/dmarc-milter/dmarc-milter/auth"
 	"github.com/dmarc-milter/dmarc-milter/internal/domain"
 	"github.com/dmarc-milter/dmarc-milter/policy"
@@ -79,6 +81,11 @@ func (t *Transaction) trustedARC(arc auth.ARCResult, dom string) string {
 		}
 		n, err := domain.Normalize(id)
 		if err != nil || (n != arc.SealDomain && !strings.HasSuffix(n, "."+arc.SealDomain)) {
+			continue
+		}
+		// Not above the id's registrable domain: a key under a public
+		// suffix (co.uk, a hosting suffix) speaks for no one in it.
+		if org, err := publicsuffix.EffectiveTLDPlusOne(n); err != nil || (arc.SealDomain != org && !strings.HasSuffix(arc.SealDomain, "."+org)) {
 			continue
 		}
 		if arc.ReportsDMARCPass(dom) {

@@ -52,6 +52,7 @@ func TestLocalPolicy(t *testing.T) {
 	arcOtherFrom := seal(spoof, sbody, "upstream.example", "mx.upstream.example", "dmarc=pass header.from=evil.example")
 	arcNotLatest := seal(arcUp, sbody, "evil.example", "mx.evil.example", "arc=pass")
 	arcUntrusted := seal(spoof, sbody, "evil.example", "mx.evil.example", passed)
+	arcSuffix := seal(spoof, sbody, "example", "mx.upstream.example", passed)
 
 	tests := []struct {
 		name       string
@@ -80,6 +81,7 @@ func TestLocalPolicy(t *testing.T) {
 		{"trusted upstream's pass is for another From", "198.51.100.1", nil, arcOtherFrom, sbody, "reject", "none", ""},
 		{"trusted set is not the latest", "198.51.100.1", nil, arcNotLatest, sbody, "reject", "none", ""},
 		{"untrusted sealer", "198.51.100.1", nil, arcUntrusted, sbody, "reject", "none", ""},
+		{"trusted id sealed under a public suffix", "198.51.100.1", nil, arcSuffix, sbody, "reject", "none", ""},
 		{"recipient monitor mode", "198.51.100.1", []string{"a@watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
 		{"recipient off: no header", "198.51.100.1", []string{"a@optout.example"}, spoof, sbody, "accept", "delivered", "-"},
 		{"recipients of one mode: parent and subdomain", "198.51.100.1", []string{"a@watch.example", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
@@ -176,4 +178,23 @@ func ourARs(h []testcase.Field) []string {
 		}
 	}
 	return ours
+}
+
+// TestRejectFromBeatsUnsureForwarder: reject_from is applied before the
+// forwarder rule, so a forwarder check that DNS left open does not turn
+// its reject into a 451, also for a domain that publishes p=reject.
+func TestRejectFromBeatsUnsureForwarder(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	reject, _ := policy.NewDomainSet([]string{"aligned.example"})
+	cfg.Local = policy.LocalPolicy{RejectFrom: reject}
+	cfg.ForwarderHosts, _ = policy.NewDomainSet([]string{"fwd.example"})
+	tm, spoof, sbody := spoofMilter(t, cfg)
+	c := dialMilter(t, tm.addr)
+	if _, err := c.connect("client.example", "203.0.113.9", "h.example"); err != nil {
+		t.Fatal(err)
+	}
+	if o := c.send(t, envelope{MailFrom: "x@attacker.example.org"}, spoof, sbody); o.SMTP != "reject" {
+		t.Fatalf("got %s (%s), want reject", o.SMTP, o.Reply)
+	}
 }

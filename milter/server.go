@@ -348,6 +348,12 @@ func (c *trackedConn) readPacket() ([]byte, error) {
 			return nil, err
 		}
 	}
+	if buf[4] == 'M' {
+		// MAIL starts a message: busy from the moment it is read, so
+		// that Shutdown cannot close the connection between this read
+		// and the MailFrom callback.
+		c.busy.Store(true)
+	}
 	return buf, nil
 }
 

@@ -468,7 +468,7 @@ func (t *Transaction) decide() *Decision {
 			}
 		}
 		a, reply := t.actionFor(&ev)
-		if a == ActionReject && t.clientUnsure != "" && !localOverride(&ev) {
+		if _, forced := t.cfg.Local.RejectFrom.Match(ev.FromDomain); a == ActionReject && t.clientUnsure != "" && !localOverride(&ev) && !forced {
 			// The client may be a listed forwarder and DNS could not tell:
 			// a reject would bounce its mail for our DNS trouble. Never
 			// accept instead either: the client's reverse zone is its
