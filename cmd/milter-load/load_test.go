@@ -88,7 +88,7 @@ func corpus(t *testing.T) []*Client {
 func decided(srv *milter.Server) map[string]int64 {
 	out := map[string]int64{}
 	for k, n := range srv.Metrics().Decisions() {
-		out[k[1]] += n
+		out[k[2]] += n // {result, disposition, action}
 	}
 	return out
 }
