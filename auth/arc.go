@@ -12,6 +12,7 @@ import (
 	"hash"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/domain"
 )
@@ -37,12 +38,13 @@ const MaxARCSets = 50
 // added by the hop that handed us the message; they are set only on a
 // pass, when the chain vouches for them.
 type ARCResult struct {
-	Result     string // ARCNone, ARCPass or ARCFail
-	Reason     string // why it failed, short
-	Instance   int    // N, the highest instance
-	SealDomain string // d= of ARC-Seal i=N, normalised
-	AuthServID string // authserv-id of ARC-Authentication-Results i=N
-	AAR        string // that field's value after "i=N;": the results
+	Result     string    // ARCNone, ARCPass or ARCFail
+	Reason     string    // why it failed, short
+	Instance   int       // N, the highest instance
+	SealDomain string    // d= of ARC-Seal i=N, normalised
+	AuthServID string    // authserv-id of ARC-Authentication-Results i=N
+	AAR        string    // that field's value after "i=N;": the results
+	SealTime   time.Time // t= of ARC-Seal i=N; zero when absent
 }
 
 // arcField is one ARC header field: which set it belongs to and where it
@@ -65,6 +67,7 @@ type arcCheck struct {
 	sets   []arcSet // index i-1 for instance i
 	ams    *lengthSig
 	seals  []*lengthSig // seal key holders, index i-1
+	sealT  []time.Time  // t= of each seal, zero when absent
 	lookup func(string) ([]string, error)
 	done   bool
 }
@@ -164,13 +167,14 @@ func newARCCheck(ctx context.Context, fields []arcField, kinds []byte, lookup fu
 	}
 	c.sets = sets[:n:n]
 	c.seals = make([]*lengthSig, n)
+	c.sealT = make([]time.Time, n)
 	for i := n - 1; i >= 0; i-- {
-		seal, err := newSealSig(c.sets[i].seal, i+1, n)
+		seal, signed, err := newSealSig(c.sets[i].seal, i+1, n)
 		if err != nil {
 			c.sets, c.result = nil, arcFail(err.Error())
 			return c
 		}
-		c.seals[i] = seal
+		c.seals[i], c.sealT[i] = seal, signed
 	}
 	// §5.2 step 5: the latest message signature, verified like DKIM.
 	ams, err := parseSignature(c.sets[n-1].ams.field, "ARC-Message-Signature", c.sets[n-1].ams.value, true)
@@ -205,7 +209,22 @@ func newARCCheck(ctx context.Context, fields []arcField, kinds []byte, lookup fu
 
 // newSealSig checks the tags of ARC-Seal i of n (RFC 8617 §4.1.3) and the
 // chain validation status it records (§5.2 steps 3 and 4).
-func newSealSig(f *arcField, i, n int) (*lengthSig, error) {
+func newSealSig(f *arcField, i, n int) (*lengthSig, time.Time, error) {
+	s, err := parseSeal(f, i, n)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	tags, _ := parseTagList(f.value)
+	var signed time.Time
+	if v, ok := tagMap(tags)["t"]; ok {
+		if signed, err = parseUnixTime(v); err != nil {
+			return nil, time.Time{}, fmt.Errorf("ARC-Seal %d: malformed t=", i)
+		}
+	}
+	return s, signed, nil
+}
+
+func parseSeal(f *arcField, i, n int) (*lengthSig, error) {
 	tags, err := parseTagList(f.value)
 	if err != nil {
 		return nil, fmt.Errorf("ARC-Seal %d: malformed tag-list", i)
@@ -303,7 +322,7 @@ func (c *arcCheck) finish(ctx context.Context, buf []byte, fields []headerField)
 		}
 	}
 	last := c.sets[n-1]
-	c.result = ARCResult{Result: ARCPass, Instance: n, SealDomain: c.seals[n-1].domain}
+	c.result = ARCResult{Result: ARCPass, Instance: n, SealDomain: c.seals[n-1].domain, SealTime: c.sealT[n-1]}
 	_, c.result.AAR, _ = aarInstance(last.aar.value)
 	c.result.AuthServID, _ = AuthServID(c.result.AAR)
 	return c.result

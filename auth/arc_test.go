@@ -326,7 +326,7 @@ func TestARCKeyLookupsBounded(t *testing.T) {
 // with all surrounding whitespace, also when b= is not the last tag.
 func TestSigFieldDeletesBWithWhitespace(t *testing.T) {
 	f := &arcField{value: " i=1; a=rsa-sha256; b= AAAA \r\n\t; cv=none; d=x.test; s=s"}
-	s, err := newSealSig(f, 1, 1)
+	s, _, err := newSealSig(f, 1, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"golang.org/x/net/publicsuffix"
 
@@ -61,6 +62,9 @@ func (t *Transaction) rcptMode(r string) (mode, why string) {
 	return t.cfg.Mode, ""
 }
 
+// maxSealAge bounds the age of a trusted ARC seal (see trustedARC).
+const maxSealAge = 7 * 24 * time.Hour
+
 // trustedARC names the trusted upstream whose sealed verdict vouches for
 // the Author Domain dom, or "". Three things must hold: our own
 // validation of the ARC chain passed (RFC 8617 §5.2); the latest set,
@@ -86,6 +90,12 @@ func (t *Transaction) trustedARC(arc auth.ARCResult, dom string) string {
 		// Not above the id's registrable domain: a key under a public
 		// suffix (co.uk, a hosting suffix) speaks for no one in it.
 		if org, err := publicsuffix.EffectiveTLDPlusOne(n); err != nil || (arc.SealDomain != org && !strings.HasSuffix(arc.SealDomain, "."+org)) {
+			continue
+		}
+		// A fresh seal only: a sealed message kept and replayed later
+		// keeps its verdict but not its standing. Retries of a queued
+		// message take days at most (Postfix: maximal_queue_lifetime 5d).
+		if age := time.Since(arc.SealTime); arc.SealTime.IsZero() || age > maxSealAge || age < -time.Hour {
 			continue
 		}
 		if arc.ReportsDMARCPass(dom) {

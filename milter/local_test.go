@@ -32,17 +32,21 @@ func TestLocalPolicy(t *testing.T) {
 	// it saw. Only a valid chain whose latest set is sealed by the
 	// trusted upstream's own domain, saying dmarc=pass for this From,
 	// overrides; a plain Authentication-Results field never does.
-	seal := func(fs []testcase.Field, body []byte, d, id, results string) []testcase.Field {
+	sealAt := func(fs []testcase.Field, body []byte, d, id, results string, when time.Time) []testcase.Field {
 		t.Helper()
 		k, err := testcase.LoadKey("../testdata/keys", "rsa2048")
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err := testcase.SealARC(fs, body, testcase.ARCSealing{Domain: d, Selector: "arc", AuthServID: id, Results: results}, k, time.Now())
+		out, err := testcase.SealARC(fs, body, testcase.ARCSealing{Domain: d, Selector: "arc", AuthServID: id, Results: results}, k, when)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return out
+	}
+	seal := func(fs []testcase.Field, body []byte, d, id, results string) []testcase.Field {
+		t.Helper()
+		return sealAt(fs, body, d, id, results, time.Now())
 	}
 	passed := "spf=fail smtp.mailfrom=list.example; dmarc=pass header.from=aligned.example"
 	arcUp := seal(spoof, sbody, "upstream.example", "mx.upstream.example", passed)
@@ -53,6 +57,7 @@ func TestLocalPolicy(t *testing.T) {
 	arcNotLatest := seal(arcUp, sbody, "evil.example", "mx.evil.example", "arc=pass")
 	arcUntrusted := seal(spoof, sbody, "evil.example", "mx.evil.example", passed)
 	arcSuffix := seal(spoof, sbody, "example", "mx.upstream.example", passed)
+	arcStale := sealAt(spoof, sbody, "upstream.example", "mx.upstream.example", passed, time.Now().Add(-8*24*time.Hour))
 
 	tests := []struct {
 		name       string
@@ -82,6 +87,7 @@ func TestLocalPolicy(t *testing.T) {
 		{"trusted set is not the latest", "198.51.100.1", nil, arcNotLatest, sbody, "reject", "none", ""},
 		{"untrusted sealer", "198.51.100.1", nil, arcUntrusted, sbody, "reject", "none", ""},
 		{"trusted id sealed under a public suffix", "198.51.100.1", nil, arcSuffix, sbody, "reject", "none", ""},
+		{"trusted seal eight days old (replayed)", "198.51.100.1", nil, arcStale, sbody, "reject", "none", ""},
 		{"recipient monitor mode", "198.51.100.1", []string{"a@watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
 		{"recipient off: no header", "198.51.100.1", []string{"a@optout.example"}, spoof, sbody, "accept", "delivered", "-"},
 		{"recipients of one mode: parent and subdomain", "198.51.100.1", []string{"a@watch.example", "b@sub.watch.example"}, spoof, sbody, "accept", "delivered", "dmarc=fail"},
