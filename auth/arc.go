@@ -50,7 +50,8 @@ type ARCResult struct {
 // arcField is one ARC header field: which set it belongs to and where it
 // is in the verifier's header buffer.
 type arcField struct {
-	field    int // index into DKIMVerifier.fields
+	field    int    // index into DKIMVerifier.fields
+	name     string // as sent: simple canonicalization hashes it as is
 	instance int
 	value    string // the value with CRLF folds
 }
@@ -177,7 +178,7 @@ func newARCCheck(ctx context.Context, fields []arcField, kinds []byte, lookup fu
 		c.seals[i], c.sealT[i] = seal, signed
 	}
 	// §5.2 step 5: the latest message signature, verified like DKIM.
-	ams, err := parseSignature(c.sets[n-1].ams.field, "ARC-Message-Signature", c.sets[n-1].ams.value, true)
+	ams, err := parseSignature(c.sets[n-1].ams.field, c.sets[n-1].ams.name, c.sets[n-1].ams.value, true)
 	if err != nil {
 		c.sets, c.result = nil, arcFail("ARC-Message-Signature: "+err.Error())
 		return c

@@ -178,7 +178,7 @@ func (v *DKIMVerifier) AddHeader(name, value string) {
 	// One more than a valid chain can have is enough to fail it.
 	if k := arcKind(name); k != 0 && len(v.arcFields) <= 3*MaxARCSets {
 		f := v.fields[len(v.fields)-1]
-		v.arcFields = append(v.arcFields, arcField{field: len(v.fields) - 1, value: string(v.header.Bytes()[f.start+len(name)+1 : f.end])})
+		v.arcFields = append(v.arcFields, arcField{field: len(v.fields) - 1, name: name, value: string(v.header.Bytes()[f.start+len(name)+1 : f.end])})
 		v.arcKinds = append(v.arcKinds, k)
 	}
 }
