@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/dmarc-milter/dmarc-milter/auth"
 	"github.com/dmarc-milter/dmarc-milter/milter"
 )
 
@@ -169,6 +170,12 @@ func printDecision(w io.Writer, d *milter.Decision) {
 			fmt.Fprintf(w, " (%s)", r.Reason)
 		}
 		fmt.Fprintln(w)
+	}
+	switch a := d.ARC; a.Result {
+	case auth.ARCPass:
+		fmt.Fprintf(w, "  arc: pass, %d set(s), latest sealed by d=%s for %s (%s)\n", a.Instance, a.SealDomain, a.AuthServID, strings.Join(strings.Fields(a.AAR), " "))
+	case auth.ARCFail:
+		fmt.Fprintf(w, "  arc: fail (%s)\n", a.Reason)
 	}
 	fmt.Fprintf(w, "  from: %d field(s), domains %s", d.Author.Fields, strings.Join(d.Author.Domains, ", "))
 	if d.AuthorErr != nil {

@@ -49,6 +49,9 @@ func TestCheckGolden(t *testing.T) {
 		{"subdomain-sp", []string{"-ip", "198.51.100.11", "-helo", "h.example", "-mail-from", "<>", "../../testdata/messages/two-domains.eml"}},
 		{"forged-ar", []string{"-ip", "198.51.100.9", "-helo", "h.example", "-mail-from", "x@monitor.example", "-rcpt", "bob@lab.test", "../../testdata/messages/forged-ar.eml"}},
 		{"trusted-client", []string{"-ip", "127.0.0.1", "-helo", "localhost", "-mail-from", "x@attacker.example.org", "../../testdata/messages/spoof.eml"}},
+		// A forwarded message sealed by an upstream that saw it pass; not
+		// trusted here, so the trace shows the chain and DMARC still fails.
+		{"arc-forwarded", []string{"-ip", "198.51.100.12", "-helo", "mx.upstream.example", "-mail-from", "fwd@upstream.example", "../../testdata/messages/arc-forwarded.eml"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
