@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/dmarc-milter/dmarc-milter/internal/testcase"
+	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
 func heapInuse() uint64 {
@@ -385,4 +386,36 @@ func settledGoroutines(want int) int {
 		n = m
 	}
 	return n
+}
+
+// TestManyForgedAR: every A-R field with our id goes, however many there
+// are; a bound on the deletions would let the rest through.
+func TestManyForgedAR(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
+	fields, body := signedAligned(t)
+	forged := testcase.Field{Name: "Authentication-Results", Value: " lab.test; dmarc=pass header.from=aligned.example"}
+	many := make([]testcase.Field, 0, 1500+len(fields))
+	for i := 0; i < 1500; i++ {
+		many = append(many, forged)
+	}
+	many = append(many, fields...)
+	c := dialMilter(t, tm.addr)
+	if _, err := c.connect("mx.aligned.example", "192.0.2.10", "mx.aligned.example"); err != nil {
+		t.Fatal(err)
+	}
+	o := c.send(t, envelope{MailFrom: "bounce@aligned.example"}, many, body)
+	if o.SMTP != "accept" {
+		t.Fatalf("%+v", o)
+	}
+	n := 0
+	for _, v := range arValues(o.Header) {
+		if v == forged.Value {
+			n++
+		}
+	}
+	if n != 0 {
+		t.Fatalf("%d of 1500 forged A-R fields delivered", n)
+	}
 }

@@ -242,15 +242,12 @@ func (s *session) Body(m *gomilter.Modifier) (resp gomilter.Response, err error)
 	if tx.QueueID == "" {
 		tx.QueueID = queueID(m)
 	}
-	d := tx.Finish()
-	if d == nil {
+	if d := tx.Finish(); d != nil {
+		resp, err = s.act(m, d)
+	} else {
 		// Not evaluated, but forged A-R fields with our id still go.
-		if err := removeAR(m, tx.ForgedAR()); err != nil {
-			return nil, err
-		}
-		return gomilter.RespContinue, nil
+		resp, err = gomilter.RespContinue, removeAR(m, tx.ForgedAR())
 	}
-	resp, err = s.act(m, d)
 	if err != nil {
 		s.srv.metrics.MTAWriteErrors.Add(1)
 		s.log.Warn("could not send the decision to the MTA", "queue_id", tx.QueueID, "err", err)

@@ -144,7 +144,7 @@ func (t *Transaction) AddHeader(name, value string) {
 		// outside are forgeries and must go, even past the size limit,
 		// and even on mail we do not evaluate (a SASL client, a domain
 		// with DMARC off): downstream filters trust our id whatever.
-		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) && len(t.arIndexes) < maxForgedAR {
+		if id, ok := auth.AuthServID(value); ok && auth.SameAuthServID(id, t.cfg.AuthServID) {
 			t.arIndexes = append(t.arIndexes, t.arCount)
 		}
 	}
@@ -230,10 +230,6 @@ func (t *Transaction) startBudget() {
 		t.budget = time.AfterFunc(t.cfg.MessageTimeout, func() { t.cancelCause(errBudget) })
 	}
 }
-
-// maxForgedAR bounds the forged A-R fields removed from one message; a
-// header of 10,000 of them costs as many milter packets to delete.
-const maxForgedAR = 1000
 
 // ForgedAR returns the 1-based indexes of the Authentication-Results
 // fields that carry our authserv-id, to delete (evaluated or not).
