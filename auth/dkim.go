@@ -305,10 +305,14 @@ func (v *DKIMVerifier) rank(st *sigTags) int {
 func (v *DKIMVerifier) choose() bool {
 	n := len(v.sigs)
 	chosen := make([]bool, n)
+	ranks := make([]int, n)
+	for i := range v.sigs {
+		ranks[i] = v.rank(&v.sigs[i])
+	}
 	k := 0
 	for r := 0; r < 4 && k < v.maxSigs; r++ {
 		for i := n - 1; i >= 0 && k < v.maxSigs; i-- {
-			if !chosen[i] && v.rank(&v.sigs[i]) == r {
+			if !chosen[i] && ranks[i] == r {
 				chosen[i] = true
 				k++
 			}
@@ -564,7 +568,9 @@ func (v *DKIMVerifier) mapResults(waitErr error) []DKIMResult {
 // their first characters).
 func setBPrefixes(out []DKIMResult, sigs []sigTags) {
 	n := 8
-	for n < 1024 {
+	// Past a few dozen signatures (a hostile header) the search for a
+	// longer prefix would cost a map per step; 8 characters it is.
+	for n < 1024 && len(sigs) <= 64 {
 		seen := make(map[string]string, len(sigs))
 		clash := false
 		for _, st := range sigs {

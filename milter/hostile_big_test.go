@@ -419,3 +419,30 @@ func TestManyForgedAR(t *testing.T) {
 		t.Fatalf("%d of 1500 forged A-R fields delivered", n)
 	}
 }
+
+// TestManySignaturesBoundedAR: a message with 500 junk DKIM signatures
+// above a good one gets an A-R of a few lines, the pass included.
+func TestManySignaturesBoundedAR(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AuthServID = "lab.test"
+	tm := startMilter(t, cfg, loadZone(t, "milter.json"), policy.Options{})
+	fields, body := signedAligned(t)
+	var many []testcase.Field
+	for i := 0; i < 500; i++ {
+		many = append(many, testcase.Field{Name: "DKIM-Signature", Value: fmt.Sprintf(" v=1; a=rsa-sha256; d=junk%d.example; s=s; h=from; bh=AA==; b=AA%d==", i, i)})
+	}
+	many = append(many, fields...)
+	c := dialMilter(t, tm.addr)
+	if _, err := c.connect("mx.aligned.example", "192.0.2.10", "mx.aligned.example"); err != nil {
+		t.Fatal(err)
+	}
+	o := c.send(t, envelope{MailFrom: "bounce@aligned.example"}, many, body)
+	ar := ourARs(o.Header)
+	if o.SMTP != "accept" || len(ar) != 1 {
+		t.Fatalf("%+v", o)
+	}
+	if n := strings.Count(ar[0], "dkim="); n > maxARDKIM+2 || !strings.Contains(ar[0], "dkim=pass") ||
+		!strings.Contains(ar[0], "more signatures not listed") || !strings.Contains(ar[0], "dmarc=pass") || len(ar[0]) > 8<<10 {
+		t.Fatalf("%d dkim results, %d bytes:\n%s", n, len(ar[0]), ar[0])
+	}
+}

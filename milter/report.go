@@ -11,6 +11,9 @@ import (
 	"github.com/dmarc-milter/dmarc-milter/policy"
 )
 
+// maxARDKIM bounds the dkim results written one by one in our A-R.
+const maxARDKIM = 20
+
 // formatAR writes our Authentication-Results value (RFC 8601 §2.2).
 func (t *Transaction) formatAR(d *Decision) string {
 	var ms []auth.ARMethod
@@ -28,7 +31,15 @@ func (t *Transaction) formatAR(d *Decision) string {
 	if len(d.DKIM) == 0 {
 		ms = append(ms, auth.ARMethod{Method: "dkim", Result: "none"})
 	}
-	for _, r := range d.DKIM {
+	omitted := 0
+	for i, r := range d.DKIM {
+		// One entry per signature (RFC 8601 §2.7.1) up to a bound, passes
+		// always: thousands of hostile signatures must not make a header
+		// of megabytes, which Postfix's header_size_limit would cut.
+		if i >= maxARDKIM && r.Result != auth.DKIMPass {
+			omitted++
+			continue
+		}
 		m := auth.ARMethod{Method: "dkim", Result: r.Result, Reason: hideResolver(r.Reason)}
 		if r.Domain != "" {
 			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "d", Value: r.Domain})
@@ -41,6 +52,9 @@ func (t *Transaction) formatAR(d *Decision) string {
 			m.Props = append(m.Props, auth.ARProp{Type: "header", Property: "b", Value: r.BPrefix})
 		}
 		ms = append(ms, m)
+	}
+	if omitted > 0 {
+		ms = append(ms, auth.ARMethod{Method: "dkim", Result: auth.DKIMPolicy, Comment: fmt.Sprintf("%d more signatures not listed", omitted)})
 	}
 	if d.ARC.Result != "" && d.ARC.Result != auth.ARCNone {
 		// RFC 8617 §10.1 registers the "arc" method. No arc=none without
