@@ -74,8 +74,9 @@ type LookupTXTFunc func(ctx context.Context, name string) ([]string, error)
 // signatures with l= (which go-msgauth refuses), through our own streamed
 // canonicalization (dkim_length.go); the body is never held in memory.
 // The same pass validates the ARC chain (arc.go, see ARC), which is DKIM's
-// machinery over other fields. Key lookups start at EndHeaders. Call AddHeader for each field in order,
-// EndHeaders, Write for each body chunk, then Finish; Abort releases
+// machinery over other fields. Key lookups start at EndHeaders. Call
+// AddHeader for each field in order, PreferDomains, EndHeaders, Write for
+// each body chunk, then Finish; Abort releases
 // everything at any point. Abort may be called from another goroutine;
 // the other methods are for the one goroutine that feeds the message.
 type DKIMVerifier struct {

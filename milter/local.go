@@ -66,13 +66,13 @@ func (t *Transaction) rcptMode(r string) (mode, why string) {
 const maxSealAge = 7 * 24 * time.Hour
 
 // trustedARC names the trusted upstream whose sealed verdict vouches for
-// the Author Domain dom, or "". Three things must hold: our own
-// validation of the ARC chain passed (RFC 8617 §5.2); the latest set,
-// added by the hop that handed us the message, carries the upstream's
-// authserv-id and was sealed by a domain that owns that name (d= is the
-// authserv-id or a parent of it: an authserv-id alone is text anyone can
-// write into a set they seal themselves); and its sealed results say
-// dmarc=pass for dom. Earlier sets are not enough: whoever sealed after
+// the Author Domain dom, or "". All must hold: our own validation of the
+// ARC chain passed (RFC 8617 §5.2); the latest set, added by the hop that
+// handed us the message, carries the upstream's authserv-id and was
+// sealed by a domain that owns that name (d= is the authserv-id or a
+// parent of it, not above its registrable domain: an authserv-id alone is
+// text anyone can write into a set they seal themselves); the seal is
+// fresh; and its sealed results say a clean dmarc=pass for dom. Earlier sets are not enough: whoever sealed after
 // them may have changed the message. An unsealed Authentication-Results
 // field is never trusted, whoever it names: any sender can write one.
 func (t *Transaction) trustedARC(arc auth.ARCResult, dom string) string {
